@@ -1,0 +1,106 @@
+"""The ``otrain`` umbrella command and the O'TRAIN-named entry points (``otrain-convert``, ...).
+
+Each command lives in ``otrain.cli.<module>`` and provides two functions:
+
+``add_arguments(parser)``
+    adds its flags to an :class:`argparse.ArgumentParser`;
+``run(args) -> int``
+    calls the Python API and returns the exit status.
+
+Errors the user can act on are raised as :class:`otrain.errors.OtrainError` and printed here as
+one line (``otrain-convert: error: <file>: <problem>``) with exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from otrain import __version__
+from otrain.errors import OtrainError
+
+#: command name -> (module under otrain.cli, one-line help). Only commands that work are listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("convert", "convert labelled cutouts (true/ and false/ folders) into a datacube"),
+    "simulate": ("simulate", "write a folder of simulated true/false cutouts for tests and demos"),
+    "train": ("train", "train the CNN on a datacube"),
+}
+
+
+def _build_command_parser(name: str, prog: str, parser: argparse.ArgumentParser | None = None
+                          ) -> tuple[argparse.ArgumentParser, object]:
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(f"otrain.cli.{module_name}")
+    if parser is None:
+        parser = argparse.ArgumentParser(prog=prog, description=help_text)
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    module.add_arguments(parser)  # type: ignore[attr-defined]
+    return parser, module
+
+
+def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return int(run(args) or 0)
+    except OtrainError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` for command ``name`` and run it.
+
+    Parameters
+    ----------
+    name : str
+        Command name, a key of :data:`COMMANDS`.
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    prog : str, optional
+        Program name shown in messages (default ``otrain-<name>``).
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    prog = prog or f"otrain-{name}"
+    parser, module = _build_command_parser(name, prog)
+    args = parser.parse_args(argv)
+    return _execute(prog, module.run, args)  # type: ignore[attr-defined]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``otrain <command> [options]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="otrain", description="Real/bogus classification of transient candidate cutouts.")
+    parser.add_argument("--version", action="version", version=f"otrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0].startswith("-") or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    return run_command(argv[0], argv[1:], prog=f"otrain {argv[0]}")
+
+
+def _entry(name: str) -> Callable[[], None]:
+    def entry() -> None:
+        sys.exit(run_command(name))
+
+    entry.__name__ = name.replace("-", "_")
+    entry.__doc__ = f"Entry point of ``otrain-{name}``."
+    return entry
+
+
+convert = _entry("convert")
+simulate = _entry("simulate")
+train = _entry("train")
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,537 @@
+"""The datacube: the one data type that flows through otrain.
+
+A datacube holds ``N`` candidate cutouts as images of shape ``(N, C, H, W)`` (float32, channels
+first, as PyTorch wants them) plus a per-candidate table (astropy :class:`~astropy.table.Table`)
+with at least the columns ``candid`` and ``label``.
+
+Storage is one HDF5 file (h5py)::
+
+    /images            float32 (N, C, H, W), chunked along N, appended in batches
+    /table/<column>    one 1-D dataset per table column (numbers, booleans or UTF-8 strings)
+    attrs              format="otrain-datacube", format_version, channels (JSON),
+                       otrain_version, provenance (JSON)
+
+Images are read lazily (only the slices asked for), so a cube larger than memory can be trained
+on and scored; the table is small and read whole.
+
+The original O'TRAIN ``.npz`` cubes (``cube`` N,H,W,C; ``labels`` as ints or one-hot; ``mags``,
+``errmags``, ``filters``, ``fwhms``, ``candids``) open transparently with :func:`open_datacube`.
+
+Labels: 1 = real ("true/"), 0 = bogus ("false/"), -1 = unknown (cutouts to be scored).
+Missing numbers are NaN; the old magnitude sentinels ``99``/``-99`` read from ``.npz`` become NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from astropy.table import Table
+
+from otrain import __version__
+from otrain.errors import OtrainError
+from otrain.outputs import atomic_output
+
+FORMAT_NAME = "otrain-datacube"
+FORMAT_VERSION = 1
+#: Label values.
+REAL, BOGUS, UNKNOWN = 1, 0, -1
+#: Target size of one image chunk on disk, in bytes.
+_CHUNK_BYTES = 1 << 20
+#: Magnitude sentinels of the original O'TRAIN / gmadet files, read as missing.
+_MAG_SENTINELS = (99.0, -99.0)
+
+
+class Datacube:
+    """Images ``(N, C, H, W)`` and a per-candidate table.
+
+    Parameters
+    ----------
+    images : h5py.Dataset or numpy.ndarray
+        Image stack, float32, shape ``(N, C, H, W)``. An h5py dataset is read lazily.
+    table : astropy.table.Table
+        One row per image; must hold ``candid`` and ``label``.
+    channels : sequence of str
+        Name of each image channel (e.g. ``["diff"]`` or ``["diff", "sci", "ref"]``).
+    attrs : mapping, optional
+        Provenance and other metadata (JSON-serialisable).
+    path : Path, optional
+        The file the cube was read from.
+    handle : h5py.File, optional
+        Open file handle, closed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        table: Table,
+        channels: Sequence[str],
+        attrs: Mapping[str, Any] | None = None,
+        path: Path | None = None,
+        handle: h5py.File | None = None,
+    ) -> None:
+        if images.ndim != 4:
+            raise OtrainError(f"datacube images must be 4-D (N, C, H, W), got shape {images.shape}",
+                              path)
+        if len(table) != images.shape[0]:
+            raise OtrainError(f"table has {len(table)} rows but there are {images.shape[0]} images",
+                              path)
+        if len(channels) != images.shape[1]:
+            raise OtrainError(f"{len(channels)} channel names for {images.shape[1]} channels", path)
+        for col in ("candid", "label"):
+            if col not in table.colnames:
+                raise OtrainError(f"datacube table has no '{col}' column", path)
+        self.images = images
+        self.table = table
+        self.channels = list(channels)
+        self.attrs = dict(attrs or {})
+        self.path = path
+        self._handle = handle
+
+    # -- shape and labels --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape ``(C, H, W)`` of one cutout."""
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels as int64: 1 real, 0 bogus, -1 unknown."""
+        return np.asarray(self.table["label"], dtype=np.int64)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when images are a numpy array rather than a lazily read file."""
+        return isinstance(self.images, np.ndarray)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+        """Read the images at ``indices`` into memory.
+
+        Parameters
+        ----------
+        indices : slice or sequence of int
+            Rows to read, in the order wanted (any order, repeats allowed).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 array ``(len(indices), C, H, W)``.
+        """
+        if isinstance(indices, slice):
+            return np.asarray(self.images[indices], dtype=np.float32)
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return np.empty((0, *self.image_shape), dtype=np.float32)
+        if self.in_memory:
+            return np.asarray(self.images[idx], dtype=np.float32)
+        # h5py wants increasing unique indices: read those, then reorder.
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        span = int(uniq[-1] - uniq[0] + 1)
+        if span <= 4 * uniq.size:  # dense: one slice read, then pick rows in memory
+            block = np.asarray(self.images[int(uniq[0]) : int(uniq[-1]) + 1])
+            block = block[uniq - uniq[0]]
+        else:
+            block = self.images[uniq]
+        return np.asarray(block, dtype=np.float32)[inverse]
+
+    def iter_batches(
+        self, batch_size: int, indices: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices, images)`` in batches of at most ``batch_size``.
+
+        Parameters
+        ----------
+        batch_size : int
+            Rows per batch.
+        indices : sequence of int, optional
+            Rows to visit (default: all, in order).
+
+        Yields
+        ------
+        tuple of numpy.ndarray
+            Row indices of the batch and the float32 images.
+        """
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, idx.size, batch_size):
+            chunk = idx[start : start + batch_size]
+            if chunk.size and np.all(np.diff(chunk) == 1):
+                yield chunk, self.read(slice(int(chunk[0]), int(chunk[-1]) + 1))
+            else:
+                yield chunk, self.read(chunk)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Datacube:
+        """Return an in-memory datacube of the rows ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Datacube(self.read(idx), self.table[idx], self.channels, self.attrs)
+
+    def summary(self) -> str:
+        """One paragraph describing the cube (size, classes, channels)."""
+        labels = self.labels
+        c, h, w = self.image_shape
+        parts = [
+            f"{len(self)} cutouts of {h}x{w} pixels, {c} channel(s) [{', '.join(self.channels)}]",
+            f"real (label 1): {int(np.sum(labels == REAL))}",
+            f"bogus (label 0): {int(np.sum(labels == BOGUS))}",
+        ]
+        unknown = int(np.sum(labels == UNKNOWN))
+        if unknown:
+            parts.append(f"unlabelled: {unknown}")
+        return "; ".join(parts)
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the underlying file, if any."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> Datacube:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Opening
+# ------------------------------------------------------------------------------------------
+def open_datacube(path: str | Path) -> Datacube:
+    """Open a datacube: otrain HDF5 (``.h5``/``.hdf5``) or an original O'TRAIN ``.npz``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cube file.
+
+    Returns
+    -------
+    Datacube
+        Images are read lazily from HDF5; an ``.npz`` is loaded into memory.
+
+    Raises
+    ------
+    OtrainError
+        If the file is missing or is not a datacube.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise OtrainError("no such datacube file", path)
+    if path.is_dir():
+        raise OtrainError("is a folder, expected a datacube file (.h5 or .npz)", path)
+    if path.suffix == ".npz":
+        return load_npz(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        msg = f"not a readable HDF5 datacube ({exc.__class__.__name__})"
+        raise OtrainError(msg, path) from None
+    try:
+        if handle.attrs.get("format") != FORMAT_NAME or "images" not in handle:
+            raise OtrainError("HDF5 file is not an otrain datacube", path)
+        table = _read_table(handle["table"])
+        channels = json.loads(handle.attrs["channels"])
+        attrs = json.loads(handle.attrs.get("provenance", "{}"))
+        return Datacube(handle["images"], table, channels, attrs, path=path, handle=handle)
+    except Exception:
+        handle.close()
+        raise
+
+
+def _read_table(group: h5py.Group) -> Table:
+    order = json.loads(group.attrs["columns"])
+    cols = {}
+    for name in order:
+        ds = group[name]
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            values = ds.asstr()[()] if ds.shape[0] else []
+            cols[name] = np.array(values, dtype=str)
+        else:
+            cols[name] = ds[()]
+    return Table(cols, names=order) if order else Table()
+
+
+def load_npz(path: str | Path) -> Datacube:
+    """Read a datacube in the original O'TRAIN ``.npz`` layout.
+
+    Accepts the training cube of ``otrain-convert`` (integer labels) and the validation cube of
+    ``otrain-train`` (one-hot labels, no ``filters``/``fwhms``). Images move from ``(N, H, W, C)``
+    to ``(N, C, H, W)``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Datacube
+        In memory.
+    """
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise OtrainError(f"not a readable .npz file ({exc.__class__.__name__})", path) from None
+    with data:
+        if "cube" not in data or "labels" not in data:
+            raise OtrainError("not an O'TRAIN datacube: needs the keys 'cube' and 'labels'", path)
+        cube = np.asarray(data["cube"], dtype=np.float32)
+        if cube.ndim == 3:
+            cube = cube[..., None]
+        if cube.ndim != 4:
+            raise OtrainError(f"'cube' must be (N, H, W, C), got shape {cube.shape}", path)
+        images = np.ascontiguousarray(np.moveaxis(cube, -1, 1))
+        n = images.shape[0]
+        labels = np.asarray(data["labels"])
+        if labels.ndim == 2:  # one-hot, as in cube_validation.npz
+            labels = np.argmax(labels, axis=1)
+        labels = labels.astype(np.int64)
+        if labels.shape != (n,):
+            raise OtrainError(f"'labels' has {labels.shape[0]} entries for {n} cutouts", path)
+        cols: dict[str, np.ndarray] = {}
+        cands = data["candids"] if "candids" in data else None
+        if cands is None or len(cands) != n:
+            # The original MEF fallback could make candids longer than the cube: unusable.
+            cols["candid"] = np.array([f"{path.stem}_{i}" for i in range(n)])
+        else:
+            cols["candid"] = np.asarray(cands).astype(str)
+        cols["label"] = labels
+        for key, col in (("mags", "mag"), ("errmags", "magerr"), ("fwhms", "fwhm")):
+            if key in data and len(data[key]) == n:
+                cols[col] = _as_float(data[key], sentinel=col != "fwhm")
+        if "filters" in data and len(data["filters"]) == n:
+            cols["filter"] = np.asarray(data["filters"]).astype(str)
+    channels = ["diff"] if images.shape[1] == 1 else [f"ch{i}" for i in range(images.shape[1])]
+    return Datacube(images, Table(cols), channels, {"source": str(path), "format": "otrain-npz"},
+                    path=path)
+
+
+def _as_float(values: np.ndarray, sentinel: bool) -> np.ndarray:
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(np.asarray(values).astype(str)):
+        try:
+            out[i] = float(v)
+        except ValueError:
+            continue
+    if sentinel:
+        out[np.isin(out, _MAG_SENTINELS)] = np.nan
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+class DatacubeWriter:
+    """Write a datacube in batches, so memory does not grow with the number of cutouts.
+
+    The file is written under a temporary name and renamed into place by :meth:`close`; an
+    exception inside a ``with`` block leaves any existing cube untouched.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination (``.h5``).
+    image_shape : tuple of int
+        ``(C, H, W)`` of one cutout.
+    channels : sequence of str
+        Channel names.
+    overwrite : bool, default False
+        Whether an existing file may be replaced.
+    provenance : mapping, optional
+        JSON-serialisable description of where the cube came from; may be updated before close
+        through :attr:`provenance`.
+
+    Examples
+    --------
+    >>> with DatacubeWriter("cube.h5", (1, 32, 32), ["diff"]) as w:  # doctest: +SKIP
+    ...     w.append(images, {"candid": ids, "label": labels})
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_shape: tuple[int, int, int],
+        channels: Sequence[str],
+        overwrite: bool = False,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.channels = list(channels)
+        self.provenance: dict[str, Any] = dict(provenance or {})
+        self._columns: dict[str, list[np.ndarray]] = {}
+        self._n = 0
+        self._ctx = atomic_output(self.path, overwrite)
+        tmp = self._ctx.__enter__()
+        self._file = h5py.File(tmp, "w")
+        per_image = 4 * int(np.prod(self.image_shape))
+        chunk_n = max(1, min(1024, _CHUNK_BYTES // per_image))
+        self._images = self._file.create_dataset(
+            "images", shape=(0, *self.image_shape), maxshape=(None, *self.image_shape),
+            dtype=np.float32, chunks=(chunk_n, *self.image_shape),
+        )
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, images: np.ndarray, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Append a batch of images and their table rows.
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            ``(n, C, H, W)``.
+        columns : mapping of str to sequence
+            Table columns for these ``n`` rows; every batch must give the same column names.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        if images.shape[1:] != self.image_shape:
+            raise OtrainError(f"batch of shape {images.shape[1:]} for a cube of {self.image_shape}",
+                              self.path)
+        n = images.shape[0]
+        if self._columns and set(columns) != set(self._columns):
+            raise OtrainError("every batch must carry the same table columns", self.path)
+        for name, values in columns.items():
+            arr = np.asarray(values)
+            if arr.shape[0] != n:
+                raise OtrainError(f"column '{name}' has {arr.shape[0]} rows for {n} images",
+                                  self.path)
+            self._columns.setdefault(name, []).append(arr)
+        self._images.resize(self._n + n, axis=0)
+        self._images[self._n : self._n + n] = images
+        self._n += n
+
+    def close(self) -> Path:
+        """Write the table and attributes, then move the file into place."""
+        table_group = self._file.create_group("table")
+        names = list(self._columns)
+        for required in ("candid", "label"):
+            if required not in names:
+                raise OtrainError(f"datacube needs a '{required}' column", self.path)
+        for name in names:
+            arr = np.concatenate(self._columns[name]) if self._columns[name] else np.array([])
+            _write_column(table_group, name, arr)
+        table_group.attrs["columns"] = json.dumps(names)
+        self._file.attrs["format"] = FORMAT_NAME
+        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["channels"] = json.dumps(self.channels)
+        self._file.attrs["otrain_version"] = __version__
+        self._file.attrs["provenance"] = json.dumps(self.provenance, default=str)
+        self._file.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard what was written; an existing destination is left as it was."""
+        self._file.close()
+        try:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except RuntimeError:
+            pass
+
+    def __enter__(self) -> DatacubeWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _write_column(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind in "USO":
+        group.create_dataset(name, data=arr.astype(str).astype(object),
+                             dtype=h5py.string_dtype("utf-8"))
+    elif arr.dtype.kind == "b":
+        group.create_dataset(name, data=arr.astype(bool))
+    else:
+        group.create_dataset(name, data=arr)
+
+
+def write_datacube(
+    path: str | Path,
+    images: np.ndarray,
+    table: Table | Mapping[str, Sequence[Any]],
+    channels: Sequence[str],
+    overwrite: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an in-memory set of images and table rows as a datacube file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination (``.h5``).
+    images : numpy.ndarray
+        ``(N, C, H, W)``.
+    table : astropy.table.Table or mapping
+        Per-row columns, including ``candid`` and ``label``.
+    channels : sequence of str
+        Channel names.
+    overwrite : bool, default False
+        Whether an existing file may be replaced.
+    provenance : mapping, optional
+        Where the data came from.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    columns = {name: np.asarray(table[name]) for name in (
+        table.colnames if isinstance(table, Table) else table)}
+    with DatacubeWriter(path, images.shape[1:], channels, overwrite, provenance) as writer:
+        writer.append(images, columns)
+    return Path(path)
+
+
+def write_subset(
+    cube: Datacube,
+    indices: Sequence[int] | np.ndarray,
+    path: str | Path,
+    overwrite: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+    batch_size: int = 4096,
+) -> Path:
+    """Copy the rows ``indices`` of ``cube`` into a new datacube file, in bounded batches.
+
+    Parameters
+    ----------
+    cube : Datacube
+        Source.
+    indices : sequence of int
+        Rows to copy, in order.
+    path : str or Path
+        Destination.
+    overwrite : bool, default False
+        Whether an existing file may be replaced.
+    provenance : mapping, optional
+        Merged over the source cube's provenance.
+    batch_size : int, default 4096
+        Rows per read/write.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    idx = np.asarray(indices, dtype=np.int64)
+    prov = {**cube.attrs, **(provenance or {})}
+    with DatacubeWriter(path, cube.image_shape, cube.channels, overwrite, prov) as writer:
+        for rows, images in cube.iter_batches(batch_size, idx):
+            sub = cube.table[rows]
+            writer.append(images, {name: np.asarray(sub[name]) for name in sub.colnames})
+        if idx.size == 0:
+            writer.append(np.empty((0, *cube.image_shape), np.float32),
+                          {name: np.asarray(cube.table[name][:0]) for name in cube.table.colnames})
+    return Path(path)
