@@ -1,0 +1,31 @@
+# Set-up and everyday commands. `make demo` and `make test` each install what they need first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO ?= demo_output
+
+.PHONY: install demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Whole pipeline on built-in simulated data, written to $(DEMO)/.
+demo: $(STAMP)
+	$(BIN)/otrain simulate --outdir $(DEMO)/cutouts --n-true 1500 --n-false 1500 --size 32 --seed 1 --overwrite
+	$(BIN)/otrain convert --path $(DEMO) --cube demo --cutouts $(DEMO)/cutouts --seed 1 --overwrite
+	$(BIN)/python -c "from otrain.datacube import open_datacube; print(open_datacube('$(DEMO)/datacube/demo.h5').summary())"
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/convert.py
