@@ -101,6 +101,7 @@ def _entry(name: str) -> Callable[[], None]:
 convert = _entry("convert")
 simulate = _entry("simulate")
 train = _entry("train")
+train = _entry("train")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

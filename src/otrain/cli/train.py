@@ -1,0 +1,90 @@
+"""``otrain-train``: train the CNN on a datacube."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from otrain.evaluation.metrics import format_metrics
+from otrain.models import available_architectures
+from otrain.normalise import METHODS
+from otrain.training import RESUME_KEYS, TrainConfig, resumable_settings, train
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of ``otrain-train`` (those of O'TRAIN plus splits, seeds and training)."""
+    d = TrainConfig()
+    parser.add_argument("--cube", required=True,
+                        help="labelled datacube, including its extension (.h5 or O'TRAIN .npz)")
+    parser.add_argument("--model-path", required=True,
+                        help="output root; the model goes to <model-path>/CNN_training/<name>/")
+    parser.add_argument("--model-name", required=True, help="name of the trained model")
+    parser.add_argument("--epochs", type=int, default=d.epochs,
+                        help=f"maximum number of epochs (default: {d.epochs})")
+    parser.add_argument("--frac", dest="val_frac", type=float, default=None,
+                        help=f"fraction of the cutouts used for validation (default: {d.val_frac})")
+    parser.add_argument("--test-frac", type=float, default=None,
+                        help="fraction held out as a test set, never seen in training; 0 for "
+                             f"none (default: {d.test_frac})")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help=f"rate of every dropout layer (default: {d.dropout})")
+    parser.add_argument("--threshold", type=float, default=d.threshold,
+                        help="P(real) above which a candidate counts as real in the metrics "
+                             f"(default: {d.threshold})")
+    parser.add_argument("--group-by", default=None, metavar="COLUMN",
+                        help="table column (e.g. objectId) whose values never straddle the "
+                             "train/validation/test split")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"seed of the split, initial weights, shuffling and augmentation "
+                             f"(default: {d.seed})")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"cutouts per step (default: {d.batch_size})")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"Adam learning rate (default: {d.lr})")
+    parser.add_argument("--arch", choices=available_architectures(), default=None,
+                        help=f"network (default: {d.arch})")
+    parser.add_argument("--normalise", choices=METHODS, default=None,
+                        help="per-cutout scaling, repeated at inference; 'none' = raw pixels as "
+                             f"the original O'TRAIN (default: {d.normalise})")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                        help="do not randomly flip and rotate training cutouts")
+    parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
+                        default=None,
+                        help="do not weight the loss by inverse class frequency")
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help="stop after this many epochs without a better validation loss and "
+                             f"keep the best epoch; 0 never stops early (default: {d.patience})")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
+                        help=f"where to train; auto = a GPU if any (default: {d.device})")
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help="processes reading large cubes in the background (default: 0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted (or finished) training from its checkpoint, "
+                             "e.g. with more --epochs; split and network settings not given are "
+                             "taken from the checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing model of that name")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print the test metrics (the validation ones when there is no test set)."""
+    # Settings fixed by a checkpoint: unless given, --resume takes them from it, else defaults.
+    defaults = asdict(TrainConfig())
+    saved = resumable_settings(args.model_path, args.model_name) if args.resume else {}
+    fixed = {k: saved.get(k, defaults[k]) if getattr(args, k) is None else getattr(args, k)
+             for k in RESUME_KEYS}
+    config = TrainConfig(
+        epochs=args.epochs, threshold=args.threshold, patience=args.patience or None,
+        device=args.device, resume=args.resume, workers=args.workers, **fixed,
+    )
+    result = train(args.cube, args.model_path, args.model_name, config,
+                   overwrite=args.overwrite, quiet=args.quiet)
+    if not args.quiet:
+        if result.metrics.get("test"):
+            print(format_metrics(result.metrics["test"],
+                                 f"test set, best epoch {result.best_epoch}"))
+        else:
+            print(format_metrics(result.metrics["validation"],
+                                 f"validation set (no test set), best epoch {result.best_epoch}"))
+        print(f"Saved to {result.folder}")
+    return 0

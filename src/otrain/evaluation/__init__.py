@@ -1,0 +1,1 @@
+"""Evaluation of a trained model: metrics, plots, diagnostics (see the submodules)."""

@@ -1,0 +1,108 @@
+"""Binary real/bogus metrics at a probability threshold (scikit-learn underneath).
+
+Conventions (as in the original O'TRAIN): the positive class is *real* (label 1); a candidate is
+predicted real when ``P(real) > threshold`` (strict); the confusion matrix is scikit-learn's layout
+``[[TN, FP], [FN, TP]]``. Values that are undefined (AUC or average precision with one class
+present, precision with no positive prediction, ...) are ``None`` for AUC / average precision and
+0 for the ratios, so the result is always valid JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from otrain.errors import OtrainError
+
+#: Keys of :func:`binary_metrics`, in display order.
+METRIC_NAMES: tuple[str, ...] = ("auc", "accuracy", "precision", "recall", "f1", "mcc", "fpr",
+                                 "fnr", "average_precision")
+
+
+def predict_labels(p_real: Sequence[float] | np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Predicted labels: 1 (real) where ``p_real > threshold``, else 0."""
+    return (np.asarray(p_real, dtype=np.float64) > threshold).astype(np.int64)
+
+
+def binary_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    p_real: Sequence[float] | np.ndarray,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Classification metrics of P(real) scores against true labels.
+
+    Parameters
+    ----------
+    y_true : sequence of int
+        True labels, 1 real and 0 bogus.
+    p_real : sequence of float
+        Scores, P(real) in ``[0, 1]``.
+    threshold : float, default 0.5
+        Predicted real when ``p_real > threshold``.
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_real``, ``n_bogus``, ``threshold``, ``auc``, ``accuracy``, ``precision``,
+        ``recall``, ``f1``, ``mcc``, ``fpr`` (FP / (FP + TN)), ``fnr`` (FN / (FN + TP)),
+        ``average_precision``, ``confusion_matrix`` ``[[TN, FP], [FN, TP]]`` (plain Python
+        numbers).
+
+    Raises
+    ------
+    OtrainError
+        If the arrays differ in length or labels are not 0/1.
+    """
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(p_real, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise OtrainError(f"{y.size} labels for {p.size} scores")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise OtrainError("labels must be 0 (bogus) or 1 (real)")
+    pred = predict_labels(p, threshold)
+    n_real = int(np.sum(y == 1))
+    n_bogus = int(np.sum(y == 0))
+    out: dict[str, Any] = {"n": int(y.size), "n_real": n_real, "n_bogus": n_bogus,
+                           "threshold": float(threshold)}
+    if y.size == 0:
+        out.update({k: None for k in METRIC_NAMES})
+        out["confusion_matrix"] = [[0, 0], [0, 0]]
+        return out
+    (tn, fp), (fn, tp) = confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    both = n_real > 0 and n_bogus > 0
+    out["auc"] = float(roc_auc_score(y, p)) if both else None
+    out["accuracy"] = float(accuracy_score(y, pred))
+    out["precision"] = float(precision_score(y, pred, zero_division=0))
+    out["recall"] = float(recall_score(y, pred, zero_division=0))
+    out["f1"] = float(f1_score(y, pred, zero_division=0))
+    out["mcc"] = float(matthews_corrcoef(y, pred)) if both else 0.0
+    out["fpr"] = fp / (fp + tn) if fp + tn else 0.0
+    out["fnr"] = fn / (fn + tp) if fn + tp else 0.0
+    out["average_precision"] = float(average_precision_score(y, p)) if n_real else None
+    out["confusion_matrix"] = [[int(tn), int(fp)], [int(fn), int(tp)]]
+    return out
+
+
+def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
+    """A few human-readable lines for :func:`binary_metrics` output."""
+    def fmt(v: object) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [f"{title} ({metrics['n']} cutouts: {metrics['n_real']} real, "
+             f"{metrics['n_bogus']} bogus; threshold {metrics['threshold']:g})".strip()]
+    lines.append("  " + "  ".join(f"{k}={fmt(metrics.get(k))}" for k in METRIC_NAMES))
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    lines.append(f"  confusion matrix [[TN, FP], [FN, TP]] = [[{tn}, {fp}], [{fn}, {tp}]]")
+    return "\n".join(lines)
