@@ -19,7 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/otrain simulate --outdir $(DEMO)/cutouts --n-true 1500 --n-false 1500 --size 32 --seed 1 --overwrite
 	$(BIN)/otrain convert --path $(DEMO) --cube demo --cutouts $(DEMO)/cutouts --seed 1 --overwrite
-	$(BIN)/python -c "from otrain.datacube import open_datacube; print(open_datacube('$(DEMO)/datacube/demo.h5').summary())"
+	$(BIN)/otrain train --cube $(DEMO)/datacube/demo.h5 --model-path $(DEMO) --model-name demo --epochs 10 --seed 1 --overwrite
 
 test: $(STAMP)
 	$(BIN)/pytest -q
