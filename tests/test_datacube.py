@@ -125,3 +125,16 @@ def test_npz_without_cube_key(tmp_path):
     np.savez(tmp_path / "x.npz", foo=np.zeros(3))
     with pytest.raises(OtrainError, match="'cube' and 'labels'"):
         open_datacube(tmp_path / "x.npz")
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    from otrain.outputs import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

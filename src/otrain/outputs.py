@@ -17,6 +17,12 @@ from pathlib import Path
 from otrain.errors import OtrainError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | Path, overwrite: bool) -> Path:
     """Refuse to replace an existing file unless ``overwrite`` is set.
 
@@ -67,6 +73,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
                                dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
     try:
         yield tmp_path
         os.replace(tmp_path, path)
