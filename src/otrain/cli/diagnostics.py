@@ -1,0 +1,42 @@
+"""``otrain-diagnostics``: metrics, optimal thresholds and misclassified cutouts."""
+
+from __future__ import annotations
+
+import argparse
+
+from otrain.evaluation.diagnostics import print_diagnostics, run_diagnostics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of ``otrain-diagnostics`` (those of O'TRAIN plus sample size and seed)."""
+    parser.add_argument("--path-cube-validation", required=True,
+                        help="labelled datacube to evaluate on, including its extension (.h5, "
+                             "or O'TRAIN .npz such as cube_validation.npz)")
+    parser.add_argument("--model-path", required=True,
+                        help="the trained model file, including its extension (.safetensors)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="P(real) above which a candidate is called real (default: 0.5)")
+    parser.add_argument("--path-diagnostics", default="cnn_results",
+                        help="folder for diagnostics.json and the exported cutouts "
+                             "(default: cnn_results)")
+    parser.add_argument("--n-examples", type=int, default=30,
+                        help="number of well-classified cutouts (TP and TN each) exported at "
+                             "random; all misclassified ones are exported (default: 30)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random well-classified sample (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=512,
+                        help="cutouts scored at a time (default: 512)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run the model; auto = a GPU if any (default: auto)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run in --path-diagnostics")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the cube once, write diagnostics.json and the cutouts, print the summary."""
+    result = run_diagnostics(args.path_cube_validation, args.model_path, args.path_diagnostics,
+                             threshold=args.threshold, n_examples=args.n_examples,
+                             seed=args.seed, overwrite=args.overwrite,
+                             batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+    print_diagnostics(result, args.quiet)
+    return 0

@@ -1,0 +1,38 @@
+"""``otrain report``: one self-contained HTML report of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+from otrain.evaluation.report import build_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of ``otrain report``."""
+    parser.add_argument("--model-dir", default=None,
+                        help="training folder <model-path>/CNN_training/<name>/ (model file, "
+                             "metrics.json, history.csv, test and validation cubes)")
+    parser.add_argument("--model", default=None,
+                        help="model file (.safetensors); default: the one in --model-dir")
+    parser.add_argument("--cube", default=None,
+                        help="labelled cube to evaluate on; default: the test cube of "
+                             "--model-dir (test_set/datacube/cube_test.h5)")
+    parser.add_argument("--output", "-o", default=None,
+                        help="HTML file to write (default: <model-dir>/report.html, or "
+                             "<model>_report.html beside the model file)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="P(real) above which a candidate is called real (default: the "
+                             "threshold recorded in the model file)")
+    parser.add_argument("--batch-size", type=int, default=512,
+                        help="cutouts scored at a time (default: 512)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to run the model; auto = a GPU if any (default: auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate once and write the report; its path is printed."""
+    build_report(model_dir=args.model_dir, model=args.model, cube=args.cube, output=args.output,
+                 threshold=args.threshold, overwrite=args.overwrite,
+                 batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+    return 0
