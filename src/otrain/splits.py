@@ -294,6 +294,11 @@ def epoch_plan(rows: np.ndarray, seed: int, epoch: int, batch_size: int, n_codes
     return batches, codes
 
 
-def epoch_torch_seed(seed: int, epoch: int) -> int:
-    """Seed of the torch generator (dropout) for one epoch, independent of earlier epochs."""
-    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+def epoch_torch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the torch generator (dropout) for one epoch, independent of earlier epochs.
+
+    Process ``rank`` of a multi-process run gets its own seed (rank 0 the one-process seed), so
+    the ranks draw different dropout masks for their parts of a batch.
+    """
+    entropy = [seed, epoch, 1] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

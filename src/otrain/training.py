@@ -25,33 +25,42 @@ warn-only, while training). Changing the split or network settings on resume is 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam; early stopping watches the validation loss and the weights of the best
 epoch are the ones saved.
+
+Several processes (DDP, :mod:`otrain.distributed`): ``TrainConfig(nproc=N)`` (``otrain-train
+--nproc N``) spawns N local processes; under torchrun (``WORLD_SIZE`` > 1) the run is distributed
+by itself. Backend gloo on the CPU, NCCL on GPUs (``cuda:LOCAL_RANK``). Every rank computes the
+same split and draws the same batch plan each epoch; each global batch is cut into one contiguous
+sub-batch per rank, which reads only its own rows, and the loss of a sub-batch is its weighted sum
+divided by the weight of the whole global batch, so after DDP's gradient averaging a step is the
+single-process step (same effective batch size, learning rate and loss) up to float summation
+order. Dropout masks are drawn per rank, so with dropout the weights differ from one process's
+(the quality does not); without dropout they agree to float precision. Validation and the final
+metrics are sharded: each rank scores a contiguous part, the logits are gathered on every rank,
+and rank 0's numbers, broadcast, decide early stopping. Rank 0 alone writes (the checkpoint after
+every epoch, the outputs at the end); every rank loads the checkpoint on resume (also one written
+by another number of processes: the run goes on, with other dropout draws). Images are held in
+memory when each local process's share of ``memory_limit_gb`` is enough, else read per sub-batch.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from otrain.datacube import Datacube, open_datacube, write_subset
+from otrain import distributed
+from otrain.datacube import Datacube, open_datacube
+from otrain.distributed import DistContext
 from otrain.errors import OtrainError
-from otrain.evaluation.metrics import binary_metrics
-from otrain.modelfile import resolve_device, save_model
 from otrain.models import available_architectures, build_model, count_parameters
 from otrain.normalise import check_method
-from otrain.outputs import atomic_output, write_text_atomic
 from otrain.progress import Progress, info
 from otrain.splits import (
     EpochBatches,
@@ -61,11 +70,19 @@ from otrain.splits import (
     epoch_torch_seed,
     split_indices,
 )
+from otrain.training_eval import evaluate, final_metrics, predict_all
+from otrain.training_outputs import (
+    HISTORY_COLUMNS,
+    RESUME_KEYS,
+    TrainResult,
+    load_checkpoint,
+    resumable_settings,
+    save_checkpoint,
+    write_outputs,
+)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds")
-#: Settings that must not change when a training is resumed.
-RESUME_KEYS = ("val_frac", "test_frac", "seed", "group_by", "arch", "dropout", "normalise",
-                "batch_size", "lr", "augment", "class_weights")
+__all__ = ["HISTORY_COLUMNS", "RESUME_KEYS", "TrainConfig", "TrainResult", "resumable_settings",
+           "train"]
 
 
 @dataclass
@@ -107,6 +124,9 @@ class TrainConfig:
     workers: int = 0
     #: Split rows whose images fit in this many GB are held in memory, others read lazily.
     memory_limit_gb: float = 2.0
+    #: Local processes training together (DDP); 1: this process alone, or the process group
+    #: of a torchrun launch.
+    nproc: int = 1
 
     def validate(self) -> None:
         """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
@@ -122,6 +142,8 @@ class TrainConfig:
             raise OtrainError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.workers < 0:
             raise OtrainError(f"workers must be >= 0, got {self.workers}")
+        if self.nproc < 1:
+            raise OtrainError(f"nproc must be at least 1, got {self.nproc}")
         if self.arch not in available_architectures():
             raise OtrainError(f"unknown architecture '{self.arch}'; choose from "
                               f"{', '.join(available_architectures())}")
@@ -129,150 +151,57 @@ class TrainConfig:
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train` wrote and measured."""
+class _State:
+    """One training in progress: data, network, optimizer and the bookkeeping of the epochs."""
 
-    folder: Path
-    model_file: Path
-    checkpoint: Path
-    history_csv: Path
-    metrics_json: Path
-    plots: list[Path]
-    validation_cube: Path
-    test_cube: Path | None
-    metrics: dict[str, Any]
+    split: Split
+    y_all: np.ndarray
+    source: SplitImages
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    class_w: np.ndarray
+    n_codes: int
     history: list[dict[str, float]] = field(default_factory=list)
+    start: int = 0
     best_epoch: int = 0
-    epochs_run: int = 0
+    best_loss: float = float("inf")
+    bad: int = 0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------
 # Loop pieces
 # ------------------------------------------------------------------------------------------
 def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                 crit: nn.Module, dev: torch.device, threshold: float,
-                 bar: Progress) -> tuple[float, float]:
+                 crit: nn.Module, dev: torch.device, threshold: float, bar: Progress,
+                 shares: list[tuple[float, float]] | None = None) -> tuple[float, int, int]:
+    """One pass over ``loader``; returns the sums (loss x cutouts, correct, cutouts).
+
+    ``shares`` (several processes; ``crit`` then sums): per batch, the factor turning the local
+    weighted loss sum into this rank's share of the global batch mean (x world size, as DDP
+    averages gradients), and the factor turning that into this rank's part of loss x cutouts.
+    """
     model.train()
     total, loss_sum, correct = 0, 0.0, 0
-    for xb, yb in loader:
+    for i, (xb, yb) in enumerate(loader):
         xb, yb = xb.to(dev), yb.to(dev)
         opt.zero_grad(set_to_none=True)
         logits = model(xb)
         loss = crit(logits, yb)
+        n = int(yb.shape[0])
+        if shares is None:
+            part = float(loss.detach()) * n
+        else:
+            loss = loss * shares[i][0]
+            part = float(loss.detach()) * shares[i][1]
         loss.backward()
         opt.step()
-        n = int(yb.shape[0])
         total += n
-        loss_sum += float(loss.detach()) * n
+        loss_sum += part
         pred = (torch.softmax(logits.detach(), 1)[:, 1] > threshold).long()
         correct += int((pred == yb).sum())
-        bar.update(1, loss=f"{loss_sum / total:.4f}")
-    return loss_sum / max(total, 1), correct / max(total, 1)
-
-
-def _predict(model: nn.Module, source: SplitImages, rows: np.ndarray, dev: torch.device,
-             batch_size: int) -> torch.Tensor:
-    """Logits ``(len(rows), 2)`` on the CPU, eval mode, no gradient."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, rows.size, batch_size):
-            x = torch.from_numpy(source.get(rows[start : start + batch_size])).to(dev)
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty((0, 2))
-
-
-def _evaluate(logits: torch.Tensor, y: np.ndarray, weight: torch.Tensor,
-              threshold: float) -> tuple[float, float, float]:
-    target = torch.from_numpy(y)
-    loss = float(nn.functional.cross_entropy(logits, target, weight=weight)) if y.size else \
-        float("nan")
-    p = torch.softmax(logits, 1)[:, 1].numpy()
-    acc = float(np.mean((p > threshold) == y)) if y.size else float("nan")
-    auc = float(roc_auc_score(y, p)) if np.unique(y).size == 2 else float("nan")
-    return loss, acc, auc
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_output(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_checkpoint(path: Path, dev: torch.device | str = "cpu") -> dict[str, Any]:
-    if not path.exists():
-        raise OtrainError("nothing to resume: no checkpoint.pt in this model folder", path.parent)
-    try:
-        return torch.load(path, map_location=dev, weights_only=True)
-    except Exception as exc:
-        raise OtrainError(f"unreadable checkpoint ({exc.__class__.__name__})", path) from None
-
-
-def resumable_settings(model_path: str | Path, model_name: str) -> dict[str, Any]:
-    """The settings a resumed training must keep, as saved in the model's checkpoint.
-
-    Returns
-    -------
-    dict
-        :class:`TrainConfig` field -> value, for the fields that cannot change on resume.
-
-    Raises
-    ------
-    OtrainError
-        If there is no readable checkpoint.
-    """
-    ckpt = _read_checkpoint(Path(model_path) / "CNN_training" / model_name / "checkpoint.pt")
-    saved = json.loads(ckpt["config"])
-    return {k: saved[k] for k in RESUME_KEYS if k in saved}
-
-
-def _load_checkpoint(path: Path, config: TrainConfig, split: Split,
-                     dev: torch.device) -> dict[str, Any]:
-    ckpt = _read_checkpoint(path, dev)
-    saved = json.loads(ckpt["config"])
-    changed = [k for k in RESUME_KEYS if saved.get(k) != asdict(config)[k]]
-    if changed:
-        raise OtrainError("cannot resume with different settings: " + ", ".join(
-            f"{k} was {saved.get(k)!r}, now {asdict(config)[k]!r}" for k in changed), path)
-    for name in ("train", "val", "test"):
-        if not np.array_equal(ckpt["split"][name].cpu().numpy(), getattr(split, name)):
-            raise OtrainError("cannot resume: the cube's rows differ from the earlier run", path)
-    return ckpt
-
-
-# ------------------------------------------------------------------------------------------
-# Outputs
-# ------------------------------------------------------------------------------------------
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
-    for row in history:
-        writer.writerow([int(row["epoch"])] + [f"{row[k]:.6g}" for k in HISTORY_COLUMNS[1:]])
-    write_text_atomic(path, buf.getvalue(), overwrite=True)
-
-
-def _plot_history(path: Path, history: list[dict[str, float]], key: str, ylabel: str,
-                  title: str, best_epoch: int) -> Path:
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.subplots()
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
-    ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
-    if best_epoch:
-        ax.axvline(best_epoch, color="gray", ls=":", label=f"best epoch ({best_epoch})")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
-
-
-def _class_sizes(y: np.ndarray) -> dict[str, int]:
-    return {"n": int(y.size), "real": int(np.sum(y == 1)), "bogus": int(np.sum(y == 0))}
+        bar.update(1, loss=f"{loss_sum / max(total, 1):.4f}")
+    return loss_sum, correct, total
 
 
 # ------------------------------------------------------------------------------------------
@@ -292,180 +221,187 @@ def train(cube_path: str | Path, model_path: str | Path, model_name: str,
     model_name : str
         Name of the model (folder and file names).
     config : TrainConfig, optional
-        Settings (defaults of :class:`TrainConfig`).
+        Settings (defaults of :class:`TrainConfig`). ``nproc > 1`` spawns that many local
+        processes (DDP); under torchrun every launched process calls this function.
     overwrite : bool, default False
         Replace an existing model of that name. Without it, an existing model file or checkpoint
         stops the run (``config.resume`` continues from the checkpoint instead).
     quiet : bool, default False
-        Print nothing.
+        Print nothing (ranks other than 0 never print).
 
     Returns
     -------
     TrainResult
-        Paths written, metrics (as in ``metrics.json``) and the per-epoch history.
+        Paths written, metrics (as in ``metrics.json``) and the per-epoch history (the same on
+        every rank; only rank 0 writes the files).
     """
     config = config or TrainConfig()
-    config.validate()
+    if config.nproc > 1 and not distributed.launched():
+        config.validate()
+        _check_fresh(model_path, model_name, config, overwrite)
+        return distributed.spawn(config.nproc, train,
+                                 (cube_path, model_path, model_name, config, overwrite, quiet))
+    ctx = distributed.setup(config.device)
+    try:
+        return _train(ctx, cube_path, model_path, model_name, config, overwrite,
+                      quiet or not ctx.is_main)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _check_fresh(model_path: str | Path, model_name: str, config: TrainConfig,
+                 overwrite: bool) -> Path:
+    """The model folder, after refusing to replace an earlier model without ``overwrite``."""
     if not model_name or Path(model_name).name != model_name:
         raise OtrainError(f"model name must be a plain file name, got '{model_name}'")
     root = Path(model_path) / "CNN_training" / model_name
-    model_file = root / f"{model_name}.safetensors"
-    ckpt_path = root / "checkpoint.pt"
     if not config.resume and not overwrite:
-        if model_file.exists():
+        if (root / f"{model_name}.safetensors").exists():
             raise OtrainError("already exists; pass --overwrite to replace it or --resume to "
-                              "continue its training", model_file)
-        if ckpt_path.exists():
+                              "continue its training", root / f"{model_name}.safetensors")
+        if (root / "checkpoint.pt").exists():
             raise OtrainError("holds an earlier, possibly unfinished training (checkpoint.pt); "
                               "pass --resume to continue it or --overwrite to start again", root)
-    dev = resolve_device(config.device)
-    with open_datacube(cube_path) as cube:
-        groups = None
-        if config.group_by:
-            if config.group_by not in cube.table.colnames:
-                raise OtrainError(f"no column '{config.group_by}' to group by; the table has "
-                                  f"{', '.join(cube.table.colnames)}", cube_path)
-            groups = np.asarray(cube.table[config.group_by])
-        y_all = cube.labels
-        split = split_indices(y_all, config.val_frac, config.test_frac, config.seed, groups)
-        c, h, w = cube.image_shape
-        torch.manual_seed(config.seed)
-        model = build_model(config.arch, c, (h, w), config.dropout).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-        y_train = y_all[split.train]
-        weights = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
-                   if config.class_weights else np.ones(2))
-        weight = torch.tensor(weights, dtype=torch.float32)
-        crit = nn.CrossEntropyLoss(weight=weight).to(dev)
-        history: list[dict[str, float]] = []
-        start, best_epoch, best_loss, bad = 0, 0, float("inf"), 0
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if config.resume:
-            ckpt = _load_checkpoint(ckpt_path, config, split, dev)
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            best_state = ckpt["best_model"]
-            start, best_epoch = int(ckpt["epoch"]), int(ckpt["best_epoch"])
-            best_loss, bad = float(ckpt["best_val_loss"]), int(ckpt["bad_epochs"])
-            history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in ckpt["history"]]
-            for row in history:
-                row["epoch"] = int(row["epoch"])
-            info(f"resuming after epoch {start} (best epoch {best_epoch})", quiet)
-        source = SplitImages(cube, np.concatenate([split.train, split.val, split.test]),
-                             config.normalise, config.memory_limit_gb * 1e9)
-        info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
-             f"{count_parameters(model):,} parameters, on {dev}; images "
-             f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
-        n_codes = 8 if h == w else 4
-        loader_gen = torch.Generator().manual_seed(config.seed)
-        prev_det = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled())
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            for epoch in range(start + 1, config.epochs + 1):
-                if config.patience is not None and bad >= config.patience:
-                    break
-                t0 = time.monotonic()
-                torch.manual_seed(epoch_torch_seed(config.seed, epoch))
-                batches, codes = epoch_plan(split.train, config.seed, epoch, config.batch_size,
-                                            n_codes, config.augment)
-                loader = DataLoader(EpochBatches(source, y_all, batches, codes), batch_size=None,
-                                    shuffle=False, num_workers=config.workers,
-                                    generator=loader_gen)
-                with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
-                              unit="batch") as bar:
-                    tr_loss, tr_acc = _train_epoch(model, loader, opt, crit, dev,
-                                                   config.threshold, bar)
-                val_logits = _predict(model, source, split.val, dev, config.batch_size)
-                v_loss, v_acc, v_auc = _evaluate(val_logits, y_all[split.val], weight,
-                                                 config.threshold)
-                row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc,
-                       "val_loss": v_loss, "val_acc": v_acc, "val_auc": v_auc,
-                       "seconds": time.monotonic() - t0}
-                history.append(row)
-                if v_loss < best_loss:
-                    best_loss, best_epoch, bad = v_loss, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad += 1
-                _save_checkpoint(ckpt_path, {
-                    "format": "otrain-checkpoint", "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "best_model": best_state,
-                    "best_epoch": best_epoch, "best_val_loss": best_loss, "bad_epochs": bad,
-                    "history": [[float(r[k]) for k in HISTORY_COLUMNS] for r in history],
-                    "torch_rng_state": torch.get_rng_state(),
-                    "config": json.dumps(asdict(config)),
-                    "split": {n: torch.from_numpy(getattr(split, n)) for n in
-                              ("train", "val", "test")}})
-                info(f"epoch {epoch}/{config.epochs}: loss {tr_loss:.4f} acc {tr_acc:.4f} | "
-                     f"val_loss {v_loss:.4f} val_acc {v_acc:.4f} val_auc {v_auc:.4f} "
-                     f"({row['seconds']:.1f} s)", quiet)
-                if config.patience is not None and bad >= config.patience:
-                    info(f"early stopping: no better validation loss for {bad} epochs; keeping "
-                         f"epoch {best_epoch}", quiet)
-        finally:
-            torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
-        model.load_state_dict(best_state)
-        result = _finish(cube, cube_path, root, model_name, model, source, split, config,
-                         dev, history, best_epoch, quiet)
+    return root
+
+
+def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, model_name: str,
+           config: TrainConfig, overwrite: bool, quiet: bool) -> TrainResult:
+    with contextlib.ExitStack() as stack:
+        try:  # set-up: every rank must get through it, or all stop (ctx.agree)
+            config.validate()
+            root = _check_fresh(model_path, model_name, config, overwrite)
+            if config.nproc > 1 and config.nproc != ctx.world_size:
+                raise OtrainError(f"nproc {config.nproc} asked for inside a launched group of "
+                                  f"{ctx.world_size} processes (torchrun); leave --nproc out")
+            dev = ctx.device(config.device)
+            cube = stack.enter_context(open_datacube(cube_path))
+            st = _prepare(cube, root / "checkpoint.pt", config, ctx, dev, quiet)
+        except Exception as exc:
+            ctx.agree(exc)
+            raise
+        ctx.agree(None)
+        _run_epochs(st, root / "checkpoint.pt", config, ctx, dev, quiet)
+        st.net.load_state_dict(st.best_state)
+        metrics = final_metrics(st.net, st.source, st.split, st.y_all, config.threshold,
+                                st.best_epoch, len(st.history), ctx, dev, config.batch_size)
+        result = write_outputs(cube, cube_path, root, model_name, st.net, st.split,
+                               asdict(config), st.history, st.best_epoch, metrics,
+                               ctx.world_size, write=ctx.is_main)
+        info(f"model written to {result.model_file}", quiet)
     return result
 
 
-def _finish(cube: Datacube, cube_path: str | Path, root: Path, model_name: str,
-            model: nn.Module, source: SplitImages, split: Split, config: TrainConfig,
-            dev: torch.device, history: list[dict[str, float]],
-            best_epoch: int, quiet: bool) -> TrainResult:
-    """Evaluate the best model and write the model file, history, plots, metrics and cubes."""
+def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
+             dev: torch.device, quiet: bool) -> _State:
+    """Split, network, optimizer, images, and the state of the checkpoint when resuming."""
+    groups = None
+    if config.group_by:
+        if config.group_by not in cube.table.colnames:
+            raise OtrainError(f"no column '{config.group_by}' to group by; the table has "
+                              f"{', '.join(cube.table.colnames)}", cube.path)
+        groups = np.asarray(cube.table[config.group_by])
     y_all = cube.labels
-    metrics: dict[str, Any] = {"threshold": config.threshold, "best_epoch": best_epoch,
-                               "epochs_run": len(history),
-                               "sizes": {n: _class_sizes(y_all[rows]) for n, rows in (
-                                   ("train", split.train), ("validation", split.val),
-                                   ("test", split.test))}}
-    for name, rows in (("validation", split.val), ("test", split.test)):
-        if rows.size == 0:
-            metrics[name] = None
-            continue
-        logits = _predict(model, source, rows, dev, config.batch_size)
-        p = torch.softmax(logits, 1)[:, 1].numpy()
-        metrics[name] = binary_metrics(y_all[rows], p, config.threshold)
-    meta = {
-        "architecture": config.arch, "in_channels": cube.image_shape[0],
-        "channels": cube.channels, "input_size": list(cube.image_shape[1:]),
-        "dropout": config.dropout, "normalisation": config.normalise,
-        "threshold": config.threshold,
-        "training": {
-            "cube": str(Path(cube_path).resolve()), "cube_rows": len(cube),
-            "split_sizes": split.sizes(), "seed": config.seed, "val_frac": config.val_frac,
-            "test_frac": config.test_frac, "group_by": config.group_by,
-            "epochs_requested": config.epochs, "epochs_run": len(history),
-            "best_epoch": best_epoch, "config": asdict(config),
-            "metrics": {"validation": metrics["validation"], "test": metrics["test"]},
-        },
-    }
-    model_file = save_model(root / f"{model_name}.safetensors", model.cpu(), meta, overwrite=True)
-    model.to(dev)
-    history_csv = root / "history.csv"
-    _write_history(history_csv, history)
-    plots = [
-        _plot_history(root / f"{model_name}_loss_vs_epochs.png", history, "loss",
-                      "loss (cross-entropy)", f"{model_name}: loss", best_epoch),
-        _plot_history(root / f"{model_name}_accuracy_vs_epochs.png", history, "acc",
-                      f"accuracy (P(real) > {config.threshold:g})", f"{model_name}: accuracy",
-                      best_epoch),
-    ]
-    metrics_json = write_text_atomic(root / "metrics.json",
-                                     json.dumps(metrics, indent=2) + "\n", overwrite=True)
-    prov = {"otrain_train": {"model": model_name, "seed": config.seed,
-                             "source_cube": str(Path(cube_path).resolve())}}
-    val_cube = write_subset(cube, split.val, root / "validation_set/datacube/cube_validation.h5",
-                            overwrite=True, provenance={**prov, "split": "validation"})
-    test_cube = None
-    if split.test.size:
-        test_cube = write_subset(cube, split.test, root / "test_set/datacube/cube_test.h5",
-                                 overwrite=True, provenance={**prov, "split": "test"})
-    info(f"model written to {model_file}", quiet)
-    return TrainResult(folder=root, model_file=model_file, checkpoint=root / "checkpoint.pt",
-                       history_csv=history_csv, metrics_json=metrics_json, plots=plots,
-                       validation_cube=val_cube, test_cube=test_cube, metrics=metrics,
-                       history=history, best_epoch=best_epoch, epochs_run=len(history))
+    split = split_indices(y_all, config.val_frac, config.test_frac, config.seed, groups)
+    c, h, w = cube.image_shape
+    torch.manual_seed(config.seed)
+    net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    y_train = y_all[split.train]
+    class_w = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
+               if config.class_weights else np.ones(2))
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    history: list[dict[str, float]] = []
+    start, best_epoch, best_loss, bad = 0, 0, float("inf"), 0
+    if config.resume:
+        ckpt = load_checkpoint(ckpt_path, asdict(config), split, dev)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        best_state = ckpt["best_model"]
+        start, best_epoch = int(ckpt["epoch"]), int(ckpt["best_epoch"])
+        best_loss, bad = float(ckpt["best_val_loss"]), int(ckpt["bad_epochs"])
+        history = [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in ckpt["history"]]
+        for row in history:
+            row["epoch"] = int(row["epoch"])
+        info(f"resuming after epoch {start} (best epoch {best_epoch})", quiet)
+    source = SplitImages(cube, np.concatenate([split.train, split.val, split.test]),
+                         config.normalise, config.memory_limit_gb * 1e9 / ctx.local_world_size)
+    procs = (f"; {ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size}"
+             if ctx.distributed else "")
+    info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
+         f"{count_parameters(net):,} parameters, on {dev}{procs}; images "
+         f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
+    return _State(split, y_all, source, net, opt, class_w, 8 if h == w else 4, history, start,
+                  best_epoch, best_loss, bad, best_state)
+
+
+def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
+                dev: torch.device, quiet: bool) -> None:
+    """Train epoch after epoch, validating, checkpointing and stopping early; updates ``st``."""
+    weight = torch.tensor(st.class_w, dtype=torch.float32)
+    crit = nn.CrossEntropyLoss(weight=weight,
+                               reduction="sum" if ctx.distributed else "mean").to(dev)
+    model = ctx.wrap(st.net, dev)
+    loader_gen = torch.Generator().manual_seed(config.seed)
+    prev_det = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for epoch in range(st.start + 1, config.epochs + 1):
+            if config.patience is not None and st.bad >= config.patience:
+                break
+            t0 = time.monotonic()
+            torch.manual_seed(epoch_torch_seed(config.seed, epoch, ctx.rank))
+            batches, codes = epoch_plan(st.split.train, config.seed, epoch, config.batch_size,
+                                        st.n_codes, config.augment)
+            shares = None
+            if ctx.distributed:  # same plan on every rank; each keeps its part of each batch
+                shares = [(ctx.world_size / float(st.class_w[st.y_all[b]].sum()),
+                           b.size / ctx.world_size) for b in batches]
+                batches, codes = distributed.shard_plan(batches, codes, ctx.rank,
+                                                        ctx.world_size)
+            loader = DataLoader(EpochBatches(st.source, st.y_all, batches, codes),
+                                batch_size=None, shuffle=False, num_workers=config.workers,
+                                generator=loader_gen)
+            with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
+                          unit="batch") as bar:
+                sums = _train_epoch(model, loader, st.opt, crit, dev, config.threshold, bar,
+                                    shares)
+            loss_sum, correct, total = ctx.all_sum(sums)
+            val_logits = predict_all(st.net, st.source, st.split.val, ctx, dev,
+                                      config.batch_size)
+            v_loss, v_acc, v_auc = evaluate(val_logits, st.y_all[st.split.val], weight,
+                                             config.threshold)
+            # rank 0's numbers decide (early stopping, best epoch) on every rank
+            v_loss, v_acc, v_auc, seconds = ctx.broadcast([v_loss, v_acc, v_auc,
+                                                           time.monotonic() - t0])
+            row = {"epoch": epoch, "train_loss": loss_sum / max(total, 1),
+                   "train_acc": correct / max(total, 1), "val_loss": v_loss, "val_acc": v_acc,
+                   "val_auc": v_auc, "seconds": seconds}
+            st.history.append(row)
+            if v_loss < st.best_loss:
+                st.best_loss, st.best_epoch, st.bad = v_loss, epoch, 0
+                st.best_state = {k: v.detach().clone() for k, v in st.net.state_dict().items()}
+            else:
+                st.bad += 1
+            if ctx.is_main:
+                _checkpoint(ckpt_path, st, epoch, config, ctx.world_size)
+            info(f"epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f} acc "
+                 f"{row['train_acc']:.4f} | val_loss {v_loss:.4f} val_acc {v_acc:.4f} "
+                 f"val_auc {v_auc:.4f} ({seconds:.1f} s)", quiet)
+            if config.patience is not None and st.bad >= config.patience:
+                info(f"early stopping: no better validation loss for {st.bad} epochs; keeping "
+                     f"epoch {st.best_epoch}", quiet)
+    finally:
+        torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
+
+
+def _checkpoint(path: Path, st: _State, epoch: int, config: TrainConfig, world: int) -> None:
+    save_checkpoint(path, {
+        "format": "otrain-checkpoint", "epoch": epoch, "model": st.net.state_dict(),
+        "optimizer": st.opt.state_dict(), "best_model": st.best_state,
+        "best_epoch": st.best_epoch, "best_val_loss": st.best_loss, "bad_epochs": st.bad,
+        "history": [[float(r[k]) for k in HISTORY_COLUMNS] for r in st.history],
+        "torch_rng_state": torch.get_rng_state(), "world_size": world,
+        "config": json.dumps(asdict(config)),
+        "split": {n: torch.from_numpy(getattr(st.split, n)) for n in ("train", "val", "test")}})

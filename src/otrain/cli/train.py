@@ -1,10 +1,23 @@
-"""``otrain-train``: train the CNN on a datacube."""
+"""``otrain-train``: train the CNN on a datacube.
+
+Several processes (DDP): ``otrain-train --nproc N ...`` on one machine, or under torchrun (the
+run is distributed when torchrun's ``WORLD_SIZE`` is set)::
+
+    torchrun --standalone --nproc_per_node=4 -m otrain.cli.train --cube ... --model-path ...
+
+``python -m otrain.cli.train`` takes the same flags as ``otrain-train``. In a distributed run
+only rank 0 prints; a user error is printed once, by the process that met it (which exits
+with status 2; the others exit quietly, so torchrun reports that one as the root cause).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 
+from otrain.distributed import PeerFailed, env_rank, launched
+from otrain.errors import OtrainError
 from otrain.evaluation.metrics import format_metrics
 from otrain.models import available_architectures
 from otrain.normalise import METHODS
@@ -58,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where to train; auto = a GPU if any (default: {d.device})")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="processes reading large cubes in the background (default: 0)")
+    parser.add_argument("--nproc", type=int, default=d.nproc, metavar="N",
+                        help="train with N local processes (PyTorch DDP: gloo on CPU, NCCL with "
+                             "one GPU each); for several machines use torchrun -m "
+                             "otrain.cli.train instead (default: 1)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted (or finished) training from its checkpoint, "
                              "e.g. with more --epochs; split and network settings not given are "
@@ -68,18 +85,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print the test metrics (the validation ones when there is no test set)."""
+    try:
+        return _run(args)
+    except PeerFailed:
+        # Another process of the distributed run met the error, prints it and exits with 2;
+        # exiting quietly with 0 here lets torchrun name that process as the root cause.
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     # Settings fixed by a checkpoint: unless given, --resume takes them from it, else defaults.
     defaults = asdict(TrainConfig())
-    saved = resumable_settings(args.model_path, args.model_name) if args.resume else {}
+    try:
+        saved = resumable_settings(args.model_path, args.model_name) if args.resume else {}
+    except OtrainError as exc:  # every launched process meets it: rank 0 alone reports it
+        if launched() and env_rank() != 0:
+            raise PeerFailed(str(exc)) from None
+        raise
     fixed = {k: saved.get(k, defaults[k]) if getattr(args, k) is None else getattr(args, k)
              for k in RESUME_KEYS}
     config = TrainConfig(
         epochs=args.epochs, threshold=args.threshold, patience=args.patience or None,
-        device=args.device, resume=args.resume, workers=args.workers, **fixed,
+        device=args.device, resume=args.resume, workers=args.workers, nproc=args.nproc,
+        **fixed,
     )
     result = train(args.cube, args.model_path, args.model_name, config,
-                   overwrite=args.overwrite, quiet=args.quiet)
-    if not args.quiet:
+                   overwrite=args.overwrite, quiet=args.quiet or env_rank() != 0)
+    if not args.quiet and env_rank() == 0:
         if result.metrics.get("test"):
             print(format_metrics(result.metrics["test"],
                                  f"test set, best epoch {result.best_epoch}"))
@@ -88,3 +120,9 @@ def run(args: argparse.Namespace) -> int:
                                  f"validation set (no test set), best epoch {result.best_epoch}"))
         print(f"Saved to {result.folder}")
     return 0
+
+
+if __name__ == "__main__":  # python -m otrain.cli.train, e.g. under torchrun
+    from otrain.cli.main import run_command
+
+    sys.exit(run_command("train"))
