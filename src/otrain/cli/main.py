@@ -26,6 +26,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert labelled cutouts (true/ and false/ folders) into a datacube"),
     "simulate": ("simulate", "write a folder of simulated true/false cutouts for tests and demos"),
     "train": ("train", "train the CNN on a datacube"),
+    "infer": ("infer", "score cutouts or a datacube with a trained model"),
+    "diagnostics": ("diagnostics", "metrics, optimal thresholds and misclassified cutouts of "
+                    "a model on a labelled cube"),
+    "plot-results": ("plot_results", "ROC, precision-recall, threshold, per-magnitude and "
+                     "calibration plots of a model on a labelled cube"),
+    "report": ("report", "one self-contained HTML report of a trained model"),
+    "checkinfer": ("checkinfer", "recovery of injected sources and score / FWHM plots from "
+                   "crossmatch.dat and infer_results.dat"),
+    "grad-cam": ("grad_cam", "Grad-CAM overlays: where the CNN looks in well and wrongly "
+                 "classified cutouts"),
+    "optimise-dataset-size": ("optimise_dataset_size", "learning curve: test scores of models "
+                              "trained on growing subsets of a cube"),
 }
 
 
@@ -101,7 +113,12 @@ def _entry(name: str) -> Callable[[], None]:
 convert = _entry("convert")
 simulate = _entry("simulate")
 train = _entry("train")
-train = _entry("train")
+infer = _entry("infer")
+diagnostics = _entry("diagnostics")
+plot_results = _entry("plot-results")
+checkinfer = _entry("checkinfer")
+grad_cam = _entry("grad-cam")
+optimise_dataset_size = _entry("optimise-dataset-size")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
