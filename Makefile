@@ -20,6 +20,11 @@ demo: $(STAMP)
 	$(BIN)/otrain simulate --outdir $(DEMO)/cutouts --n-true 1500 --n-false 1500 --size 32 --seed 1 --overwrite
 	$(BIN)/otrain convert --path $(DEMO) --cube demo --cutouts $(DEMO)/cutouts --seed 1 --overwrite
 	$(BIN)/otrain train --cube $(DEMO)/datacube/demo.h5 --model-path $(DEMO) --model-name demo --epochs 10 --seed 1 --overwrite
+	# A new "night": unseen candidates with injected sources, scored and checked against the injections.
+	$(BIN)/otrain simulate --outdir $(DEMO)/night --n-true 300 --n-false 700 --size 32 --seed 2 --overwrite
+	$(BIN)/otrain infer --cutouts $(DEMO)/night/true $(DEMO)/night/false --model $(DEMO)/CNN_training/demo/demo.safetensors --output $(DEMO)/night/infer_results.dat --threshold model --overwrite
+	$(BIN)/otrain checkinfer --plots $(DEMO)/plots --crossmatch $(DEMO)/night --infer $(DEMO)/night --overwrite
+	$(BIN)/otrain report --model-dir $(DEMO)/CNN_training/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/pytest -q

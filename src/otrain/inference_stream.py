@@ -323,7 +323,8 @@ def iter_cutout_scores(
             raise OtrainError(f"no cutout files ({', '.join(CUTOUT_SUFFIXES)})", paths_or_folder)
     else:
         items = [paths_or_folder] if isinstance(paths_or_folder, str | Path) else paths_or_folder
-        files = [str(p) for p in items]
+        files = [str(f) for p in items
+                 for f in (find_cutouts(p) if Path(p).is_dir() else [p])]  # folders expanded
         if not files:
             raise OtrainError("no cutout files given")
         report.source = files[0] if len(files) == 1 else f"{len(files)} files"

@@ -265,7 +265,8 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure
     fig = Figure(figsize=(6.4, 7.2))
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
     top.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfectly calibrated")
-    top.errorbar(prob_pred, prob_true, yerr=[prob_true - lo, hi - prob_true], fmt="o-",
+    yerr = np.maximum(0.0, [prob_true - lo, hi - prob_true])  # rounding can give -1e-17
+    top.errorbar(prob_pred, prob_true, yerr=yerr, fmt="o-",
                  color="k", capsize=3, lw=1.4,
                  label=f"model (Brier score = {brier_score_loss(y, p):.4f})")
     top.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="fraction of true real in bin",
