@@ -159,3 +159,15 @@ def test_normalise_errors() -> None:
     with pytest.raises(OtrainError, match="4-D"):
         normalise(np.zeros((8, 8)), "zscore")
     assert normalise(np.zeros((0, 1, 8, 8)), "zscore").shape == (0, 1, 8, 8)
+
+
+def test_l2_normalisation_divides_by_rms_and_zeroes_nan():
+    x = np.full((1, 2, 4, 4), 3.0, dtype=np.float32)
+    x[0, 1] = np.arange(16, dtype=np.float32).reshape(4, 4)
+    x[0, 0, 0, 0] = np.nan
+    out = normalise(x, "l2")
+    assert out[0, 0, 0, 0] == 0.0 and np.isfinite(out).all()
+    for c in range(2):
+        np.testing.assert_allclose(np.sqrt(np.mean(out[0, c] ** 2)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(normalise(np.rot90(x, axes=(2, 3)), "l2"),
+                               np.rot90(out, axes=(2, 3)))

@@ -9,6 +9,11 @@ Every statistic is computed per cutout and per channel, from its finite pixels o
     values of at most 1000 rather than infinity) and at ``1e-12``.
 ``"minmax"``
     ``(x - min) / (max - min)``, in ``[0, 1]``; a constant cutout becomes 0.
+``"l2"``
+    ``x / rms(x)`` with non-finite pixels set to 0 first: the stamp divided by its
+    root-mean-square (braai's L2 normalisation, scaled so that a flat stamp is 1). Unlike
+    ``zscore`` it keeps the sky level and does not blow bright stars in science/reference stamps
+    up to huge values: on real ZTF triplets it is much better (``benchmarks/ztf.py``).
 ``"none"``
     raw pixel values, as the original O'TRAIN.
 
@@ -27,7 +32,7 @@ import numpy as np
 from otrain.errors import OtrainError
 
 #: Known methods, the default first.
-METHODS: tuple[str, ...] = ("zscore", "minmax", "none")
+METHODS: tuple[str, ...] = ("zscore", "minmax", "l2", "none")
 DEFAULT_METHOD = "zscore"
 #: MAD to standard deviation for Gaussian noise.
 MAD_TO_STD = 1.4826
@@ -50,7 +55,7 @@ def normalise(images: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
     ----------
     images : numpy.ndarray
         ``(N, C, H, W)`` (any real dtype); not modified.
-    method : {"zscore", "minmax", "none"}, default "zscore"
+    method : {"zscore", "minmax", "l2", "none"}, default "zscore"
         Scaling, see the module documentation.
 
     Returns
@@ -69,6 +74,11 @@ def normalise(images: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
         raise OtrainError(f"images must be 4-D (N, C, H, W), got shape {x.shape}")
     if x.size == 0 or method == "none":
         return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+    if method == "l2":
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+        rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=(2, 3), keepdims=True))
+        x /= np.where(rms > 0, rms, 1.0).astype(np.float32)
+        return x
     n, c, h, w = x.shape
     flat = x.reshape(n, c, h * w)
     finite = np.isfinite(flat)
