@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,6 +138,35 @@ def class_counts(n_true: int, n_false: int, frac_true: float) -> tuple[int, int]
     return keep_true, min(n_false, total - keep_true)
 
 
+def balanced_choice(rows_true: Sequence[int] | np.ndarray, rows_false: Sequence[int] | np.ndarray,
+                    frac_true: float, seed: int) -> tuple[np.ndarray, int, int]:
+    """Rows to keep for the wanted fraction of real cutouts, chosen at random with ``seed``.
+
+    Parameters
+    ----------
+    rows_true, rows_false : sequence of int
+        Row numbers of the usable real and bogus cutouts.
+    frac_true : float
+        Wanted fraction of real cutouts, in [0, 1] (see :func:`class_counts`).
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    chosen : numpy.ndarray
+        The kept rows, int64, sorted.
+    n_true, n_false : int
+        How many of each class were kept.
+    """
+    keep_true, keep_false = class_counts(len(rows_true), len(rows_false), frac_true)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(np.concatenate([
+        rng.choice(np.asarray(rows_true, dtype=np.int64), keep_true, replace=False),
+        rng.choice(np.asarray(rows_false, dtype=np.int64), keep_false, replace=False),
+    ])).astype(np.int64)
+    return chosen, keep_true, keep_false
+
+
 def _read_one(path: Path, channels: tuple[str, ...], cutout_size: int) -> Cutout | str:
     try:
         return read_cutout(path, channels, cutout_size, required=TRAINING_KEYWORDS)
@@ -151,6 +180,7 @@ def convert_cutouts(
     config: ConvertConfig | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    map_files: Callable[..., Iterable[Cutout | str]] | None = None,
 ) -> ConvertReport:
     """Convert ``true/`` and ``false/`` cutout folders into a datacube file.
 
@@ -166,6 +196,10 @@ def convert_cutouts(
         Replace an existing cube.
     quiet : bool, default False
         Print nothing.
+    map_files : callable, optional
+        ``map_files(read, paths)`` yields ``read(path)`` for every path, in order (a Cutout or
+        the reason it is unusable); default: ``config.workers`` local processes
+        (:func:`otrain.parallel.ordered_map`); :mod:`otrain.distributed_convert` reads on Dask.
 
     Returns
     -------
@@ -184,7 +218,7 @@ def convert_cutouts(
                            n_true_files=len(files[REAL]), n_false_files=len(files[BOGUS]))
     tmp_path = out_path.with_name(f".{out_path.name}.all.h5")
     try:
-        rows = _read_all(files, tmp_path, config, report, quiet)
+        rows = _read_all(files, tmp_path, config, report, quiet, map_files)
         _select_and_write(tmp_path, rows, out_path, config, report, overwrite)
     finally:
         if tmp_path.exists():
@@ -202,7 +236,9 @@ def _class_files(cutouts_dir: Path, folder: str) -> list[Path]:
 
 
 def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfig,
-              report: ConvertReport, quiet: bool) -> dict[int, list[int]]:
+              report: ConvertReport, quiet: bool,
+              map_files: Callable[..., Iterable[Cutout | str]] | None = None
+              ) -> dict[int, list[int]]:
     """Read every file, write the usable ones to ``tmp_path``; return row numbers per class."""
     ordered = [(label, p) for label in (REAL, BOGUS) for p in files[label]]
     if not ordered:
@@ -222,7 +258,9 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
 
     try:
         with Progress(len(ordered), "reading cutouts", quiet=quiet, unit="file") as bar:
-            results = ordered_map(reader, [p for _, p in ordered], workers, config.batch_size)
+            paths = [p for _, p in ordered]
+            results = (map_files(reader, paths) if map_files is not None
+                       else ordered_map(reader, paths, workers, config.batch_size))
             for (label, path), result in zip(ordered, results, strict=True):
                 bar.update()
                 if isinstance(result, str):
@@ -283,12 +321,8 @@ def _select_and_write(tmp_path: Path, rows: dict[int, list[int]], out_path: Path
             if n == 0:
                 raise OtrainError(f"{folder}/ holds no usable cutout: cannot make a cube with "
                                   f"{config.frac_true:.0%} real candidates")
-    keep_true, keep_false = class_counts(n_true, n_false, config.frac_true)
-    rng = np.random.default_rng(config.seed)
-    chosen = np.sort(np.concatenate([
-        rng.choice(np.asarray(rows[REAL], dtype=np.int64), keep_true, replace=False),
-        rng.choice(np.asarray(rows[BOGUS], dtype=np.int64), keep_false, replace=False),
-    ])).astype(np.int64)
+    chosen, keep_true, keep_false = balanced_choice(rows[REAL], rows[BOGUS], config.frac_true,
+                                                    config.seed)
     report.n_true_kept, report.n_false_kept = keep_true, keep_false
     achieved = keep_true / max(1, keep_true + keep_false)
     if abs(achieved - config.frac_true) > 0.01:

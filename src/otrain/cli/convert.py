@@ -1,37 +1,89 @@
-"""``otrain-convert``: labelled cutouts (``true/``, ``false/``) -> datacube."""
+"""``otrain-convert``: labelled cutouts (``true/``, ``false/``) or survey alerts -> datacube."""
 
 from __future__ import annotations
 
 import argparse
 
+from otrain.alerts import LabelRule
 from otrain.convert import ConvertConfig, convert_cutouts, datacube_path
 from otrain.cutouts import parse_channels
+from otrain.dask_cluster import add_dask_arguments
+from otrain.distributed_convert import dask_convert
+from otrain.errors import OtrainError
+
+
+def _frac_true(text: str) -> float | None:
+    """``--frac-true`` value: a fraction, or ``all`` (keep every labelled alert)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction or 'all', got {text!r}") from None
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the alert labelling flags (``--label-column``, ``--real-above``, ``--bogus-below``,
+    ``--labels``), shared by ``otrain-convert --alerts`` and ``otrain alerts-to-fits``."""
+    group = parser.add_argument_group("alert labels (alerts carry machine scores, not labels)")
+    group.add_argument("--label-column", default=None,
+                       help="label alerts from this score column, e.g. drb or rb (ZTF's own "
+                            "machine scores: the network then learns to imitate them)")
+    group.add_argument("--real-above", type=float, default=0.5,
+                       help="score >= this is real (default: 0.5)")
+    group.add_argument("--bogus-below", type=float, default=None,
+                       help="score < this is bogus; alerts between --bogus-below and "
+                            "--real-above are dropped (default: everything below --real-above "
+                            "is bogus)")
+    group.add_argument("--labels", default=None, metavar="CSV",
+                       help="CSV file with the columns candid,label (1/0/-1 or real/bogus); "
+                            "unlisted alerts are dropped")
+
+
+def label_rule_from_args(args: argparse.Namespace) -> LabelRule | None:
+    """The :class:`LabelRule` the flags ask for, None when no label flag was given."""
+    if args.labels is not None and args.label_column is not None:
+        raise OtrainError("give either --labels (a CSV) or --label-column (a score), not both")
+    if args.labels is not None:
+        return LabelRule(column=None, from_csv=args.labels)
+    if args.label_column is not None:
+        return LabelRule(args.label_column, args.real_above, args.bogus_below)
+    if args.bogus_below is not None:
+        raise OtrainError("--bogus-below needs --label-column")
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the flags of ``otrain-convert`` (those of O'TRAIN plus reproducibility and speed)."""
+    """Add the flags of ``otrain-convert`` (those of O'TRAIN plus alerts, reproducibility and
+    speed)."""
     parser.add_argument("--path", "--path-datacube", dest="path_datacube", required=True,
                         help="folder where the datacube is stored (written to "
                              "<path>/datacube/<cube>.h5)")
     parser.add_argument("--cube", required=True, help="name of the datacube, without extension")
-    parser.add_argument("--cutouts", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cutouts",
                         help="folder holding true/ (real) and false/ (bogus) cutouts")
-    parser.add_argument("--frac-true", type=float, default=0.5,
+    source.add_argument("--alerts", nargs="+", metavar="PATH",
+                        help="alert files or folders (.avro, .parquet: ZTF, Fink, Rubin), "
+                             "labelled with --label-column or --labels")
+    parser.add_argument("--frac-true", type=_frac_true, default=0.5,
                         help="fraction of true candidates in the cube, e.g. 0.5 for half real, "
-                             "half bogus; the surplus class is sub-sampled at random "
-                             "(default: 0.5)")
+                             "half bogus; the surplus class is sub-sampled at random; 'all' "
+                             "keeps every labelled alert (--alerts only) (default: 0.5)")
     parser.add_argument("--cutout-size", type=int, default=-1,
-                        help="centre-crop cutouts to NxN pixels; -1 keeps the full size "
-                             "(default: -1)")
+                        help="centre-crop cutouts to NxN pixels; -1 keeps the full size (63 "
+                             "for alerts) (default: -1)")
     parser.add_argument("--channels", default="diff",
                         help="comma-separated channels from diff,sci,ref (default: diff)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random choice of cutouts (default: 0)")
     parser.add_argument("--workers", type=int, default=0,
-                        help="reading processes; 0 = one per core (default: 0)")
+                        help="reading processes for --cutouts; 0 = one per core (default: 0)")
     parser.add_argument("--strict", action="store_true",
-                        help="stop at the first unusable file instead of skipping it")
+                        help="stop at the first unusable file (or alert) instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    add_label_arguments(parser)
+    add_dask_arguments(parser, "cutout files (--cutouts)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +92,19 @@ def run(args: argparse.Namespace) -> int:
                            channels=parse_channels(args.channels), seed=args.seed,
                            workers=args.workers, strict=args.strict)
     out = datacube_path(args.path_datacube, args.cube)
-    convert_cutouts(args.cutouts, out, config, overwrite=args.overwrite, quiet=args.quiet)
+    convert = convert_cutouts if args.scheduler is None else dask_convert(args)  # on Dask
+    if args.alerts:
+        from otrain.convert_alerts import convert_alerts
+
+        convert_alerts(args.alerts, out, config, label_rule_from_args(args),
+                       overwrite=args.overwrite, quiet=args.quiet)
+    else:
+        if args.frac_true is None:
+            raise OtrainError("--frac-true all is for --alerts; give a fraction for --cutouts")
+        if args.label_column is not None or args.labels is not None:
+            raise OtrainError("--label-column and --labels are for --alerts; cutouts are "
+                              "labelled by their true/ and false/ folders")
+        convert(args.cutouts, out, config, overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:
         print(f"Saved to {out}")
     return 0

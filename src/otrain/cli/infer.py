@@ -37,8 +37,8 @@ def _threshold(text: str) -> float | str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``otrain-infer`` (those of O'TRAIN plus output, speed and checks)."""
     parser.add_argument("--cutouts", required=True, nargs="+", metavar="PATH",
-                        help="folder of FITS cutouts, a datacube (.h5 or O'TRAIN .npz), or "
-                             "cutout files")
+                        help="folder of FITS cutouts, a datacube (.h5 or O'TRAIN .npz), "
+                             "cutout files, or alert packets (.avro/.parquet files or folders)")
     parser.add_argument("--model", required=True,
                         help="the trained model file, including its extension (.safetensors)")
     parser.add_argument("--prob-ratio", type=float, default=0.001,

@@ -23,7 +23,8 @@ from otrain.errors import OtrainError
 
 #: command name -> (module under otrain.cli, one-line help). Only commands that work are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("convert", "convert labelled cutouts (true/ and false/ folders) into a datacube"),
+    "convert": ("convert", "convert labelled cutouts (true/ and false/ folders) or survey alerts "
+                "into a datacube"),
     "simulate": ("simulate", "write a folder of simulated true/false cutouts for tests and demos"),
     "train": ("train", "train the CNN on a datacube"),
     "infer": ("infer", "score cutouts or a datacube with a trained model"),
@@ -38,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "classified cutouts"),
     "optimise-dataset-size": ("optimise_dataset_size", "learning curve: test scores of models "
                               "trained on growing subsets of a cube"),
+    "alerts-to-fits": ("alerts_to_fits", "write survey alerts as O'TRAIN-style FITS cutouts "
+                       "(true/ and false/ folders with a label rule)"),
 }
 
 
@@ -119,6 +122,7 @@ plot_results = _entry("plot-results")
 checkinfer = _entry("checkinfer")
 grad_cam = _entry("grad-cam")
 optimise_dataset_size = _entry("optimise-dataset-size")
+alerts_to_fits = _entry("alerts-to-fits")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
