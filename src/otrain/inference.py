@@ -33,6 +33,7 @@ from astropy.table import Table
 
 from otrain.datacube import Datacube, open_datacube
 from otrain.errors import OtrainError
+from otrain.inference_alerts import is_alert_source, iter_alert_scores
 from otrain.inference_stream import (
     ORIGINAL_COLUMNS,
     TABLE_COLUMNS,
@@ -45,7 +46,8 @@ from otrain.outputs import atomic_output, check_writable
 
 __all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "ORIGINAL_COLUMNS", "TABLE_COLUMNS", "InferReport",
            "InferResult", "default_output", "infer", "iter_cutout_scores",
-           "iter_datacube_scores", "score_cutouts", "score_datacube", "write_scores"]
+           "iter_datacube_scores", "score_alerts", "score_cutouts", "score_datacube",
+           "write_scores"]
 
 #: Output suffix -> astropy format.
 FORMATS = {".dat": "ascii.commented_header", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
@@ -88,6 +90,28 @@ def score_cutouts(
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
                                         batch_size, workers, threshold, strict, quiet, report))
+    return InferResult(table, report)
+
+
+def score_alerts(
+    paths: str | Path | Sequence[str | Path],
+    loaded: LoadedModel,
+    batch_size: int = 1024,
+    threshold: float | None = None,
+    strict: bool = False,
+    quiet: bool = False,
+) -> InferResult:
+    """Score alert packets; the parameters are those of
+    :func:`otrain.inference_alerts.iter_alert_scores`.
+
+    Returns
+    -------
+    InferResult
+        One row per scored alert, keyed by ``candid`` and ``objectId``.
+    """
+    report = InferReport()
+    table = _collect(iter_alert_scores(paths, loaded, batch_size, threshold, strict, quiet,
+                                       report))
     return InferResult(table, report)
 
 
@@ -197,7 +221,8 @@ def infer(
     Parameters
     ----------
     source : str, Path or sequence of them
-        A cutout folder, a datacube file (``.h5``/``.npz``), or cutout files.
+        A cutout folder, a datacube file (``.h5``/``.npz``), cutout files, or alert packet files
+        / folders (``.avro``, ``.parquet``: see :mod:`otrain.inference_alerts`).
     model_path : str or Path
         The model file (``.safetensors``).
     output : str or Path, optional
@@ -222,6 +247,8 @@ def infer(
         raise OtrainError("no such folder or file", source)
     if isinstance(source, str | Path) and is_datacube_path(source):
         result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet)
+    elif is_alert_source(source):
+        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
                                threshold, strict, quiet)
