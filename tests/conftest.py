@@ -1,14 +1,17 @@
-"""Shared test helpers: tiny FITS cutouts written on the fly, and running the console scripts."""
+"""Shared test helpers: tiny FITS cutouts and blob cutouts written on the fly, one torch thread,
+and running the console scripts."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 
 BIN = Path(sys.executable).parent
@@ -55,6 +58,25 @@ def make_labelled_folder(root: Path, n_true: int, n_false: int, size: int = 16,
     return root
 
 
+def blob_cutouts(n: int, rng: np.random.Generator, size: int, channels: int = 1,
+                 centre: tuple[float, float] | None = None, amplitude: float = 8.0,
+                 spread: float = 3.0, labels: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Noise cutouts ``(n, channels, size, size)``; the label 1 ones hold a Gaussian blob
+    ``amplitude * exp(-r**2 / spread)`` at a random (or the given) centre.
+
+    ``labels`` defaults to alternating 0, 1, ... The noise is drawn first, then one random centre
+    per label 1 cutout in order (none when ``centre`` is given), so a seed gives fixed data.
+    """
+    labels = (np.arange(n) % 2).astype(np.int64) if labels is None else labels
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = rng.normal(0.0, 1.0, (n, channels, size, size)).astype(np.float32)
+    for i in np.flatnonzero(labels):
+        y0, x0 = centre if centre is not None else rng.uniform(3, size - 4, 2)
+        images[i] += (amplitude * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / spread))[None]
+    return images, labels
+
+
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run a console script (``otrain``, ``otrain-convert``, ...) as a user would."""
     cmd = [str(BIN / args[0]), *args[1:]]
@@ -73,6 +95,16 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
     assert len(lines) == 1, proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test (the tests share 2 cores, where 2 spinning threads slow
+    down 5x); use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

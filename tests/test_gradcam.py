@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, blob_cutouts, run_cli
 from otrain.datacube import open_datacube, write_datacube
 from otrain.errors import OtrainError
 from otrain.evaluation.gradcam import (
@@ -28,25 +27,7 @@ from otrain.normalise import normalise
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tests share 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def blobs(n: int, rng: np.random.Generator, channels: int = 1,
-          centre: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Noise cutouts; label 1 ones hold a Gaussian blob at a random (or given) position."""
-    labels = (np.arange(n) % 2).astype(np.int64)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    images = rng.normal(0.0, 1.0, (n, channels, SIZE, SIZE)).astype(np.float32)
-    for i in np.flatnonzero(labels):
-        y0, x0 = centre if centre is not None else rng.uniform(3, SIZE - 4, 2)
-        images[i] += (8.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 3.0))[None]
-    return images, labels
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tests share 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +35,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small vgg6 trained for a few seconds to find blobs anywhere in the cutout."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    x, y = blobs(1024, rng)
+    x, y = blob_cutouts(1024, rng, SIZE)
     torch.manual_seed(0)
     model = build_model("vgg6", 1, SIZE, dropout=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -73,7 +54,7 @@ def test_heatmap_shape_range_and_focus_on_the_source(trained: Path) -> None:
     loaded = load_model(trained)
     rng = np.random.default_rng(5)
     for y0, x0 in ((4.0, 11.0), (11.0, 4.0), (8.0, 8.0)):
-        x, _ = blobs(16, rng, centre=(y0, x0))
+        x, _ = blob_cutouts(16, rng, SIZE, centre=(y0, x0))
         real = x[1::2]
         res = compute_grad_cam(loaded, real)
         assert res.heatmaps.shape == (8, SIZE, SIZE)
@@ -90,7 +71,7 @@ def test_heatmap_shape_range_and_focus_on_the_source(trained: Path) -> None:
 def test_hooks_give_the_textbook_grad_cam(trained: Path) -> None:
     """Recompute Grad-CAM by hand through VGG6's layers and compare."""
     loaded = load_model(trained)
-    x, _ = blobs(4, np.random.default_rng(1))
+    x, _ = blob_cutouts(4, np.random.default_rng(1), SIZE)
     model, a = loaded.model, loaded.model.act
     for i in range(4):
         inp = torch.from_numpy(normalise(x[i : i + 1], "zscore"))
@@ -113,7 +94,7 @@ def test_flat_heatmap_is_zeros_not_nan() -> None:
         model.last_conv.bias.zero_()
     loaded = LoadedModel(model.eval(), {"channels": ["diff"], "input_size": [SIZE, SIZE],
                                         "normalisation": "zscore", "threshold": 0.5})
-    x, _ = blobs(3, np.random.default_rng(2))
+    x, _ = blob_cutouts(3, np.random.default_rng(2), SIZE)
     heat = grad_cam(loaded, x)
     assert np.isfinite(heat).all() and not heat.any()
     with pytest.raises(OtrainError, match="no layer 'nope'"):
@@ -134,7 +115,7 @@ def test_selection_is_seeded_and_allows_fewer_than_asked() -> None:
 
 
 def _cube(path: Path, n: int, channels: int, seed: int) -> Path:
-    x, y = blobs(n, np.random.default_rng(seed), channels=channels)
+    x, y = blob_cutouts(n, np.random.default_rng(seed), SIZE, channels=channels)
     table = {"candid": np.array([f"cand/{i:03d} x" for i in range(n)]), "label": y,
              "mag": np.linspace(16, 20, n), "magerr": np.full(n, 0.05)}
     return write_datacube(path, x, table, ["diff", "sci", "ref"][:channels])

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-import torch
 
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, blob_cutouts, run_cli
 from otrain.datacube import open_datacube, write_datacube
 from otrain.errors import OtrainError
 from otrain.evaluation.learning_curve import (
@@ -30,13 +28,7 @@ from otrain.splits import split_indices
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tests share 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tests share 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +36,8 @@ def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 cutouts of 16x16: real = a blob, bogus = noise; 40% real."""
     rng = np.random.default_rng(0)
     n = 200
-    labels = (np.arange(n) % 5 < 2).astype(np.int64)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    images = rng.normal(0, 1, (n, 1, SIZE, SIZE)).astype(np.float32)
-    images[labels == 1] += 6 * np.exp(-((xx - 7.5) ** 2 + (yy - 7.5) ** 2) / 4.0)[None]
+    images, labels = blob_cutouts(n, rng, SIZE, centre=(7.5, 7.5), amplitude=6.0, spread=4.0,
+                                  labels=(np.arange(n) % 5 < 2).astype(np.int64))
     table = {"candid": np.array([f"c{i:04d}" for i in range(n)]), "label": labels}
     return write_datacube(tmp_path_factory.mktemp("cube") / "cube.h5", images, table, ["diff"])
 

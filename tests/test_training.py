@@ -7,7 +7,6 @@ ray / satellite) or a dipole (subtraction residual), all on noise with a random 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +67,7 @@ def make_cube(path: Path, n: int = 300, groups: int | None = None, **kwargs: obj
     return write_datacube(path, images, table, channels)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: the tests share 2 cores, where 2 spinning threads slow down 5x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the tests share 2 cores
 
 
 @pytest.fixture(scope="module")

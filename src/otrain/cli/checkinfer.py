@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from otrain.cli.common import add_overwrite
 from otrain.evaluation.checkinfer import CheckInferConfig, check_inference
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mag-step", type=float, default=d.mag_step,
                         help=f"bin width of the recovery curve, in magnitudes "
                              f"(default: {d.mag_step})")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_overwrite(parser, "replace existing outputs")
 
 
 def format_recovery(summary: dict[str, Any]) -> str:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from otrain.cli.common import add_overwrite, add_scoring, add_threshold, add_validation_inputs
 from otrain.evaluation.diagnostics import print_diagnostics, run_diagnostics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``otrain-diagnostics`` (those of O'TRAIN plus sample size and seed)."""
-    parser.add_argument("--path-cube-validation", required=True,
-                        help="labelled datacube to evaluate on, including its extension (.h5, "
-                             "or O'TRAIN .npz such as cube_validation.npz)")
-    parser.add_argument("--model-path", required=True,
-                        help="the trained model file, including its extension (.safetensors)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="P(real) above which a candidate is called real (default: 0.5)")
+    add_validation_inputs(parser)
+    add_threshold(parser)
     parser.add_argument("--path-diagnostics", default="cnn_results",
                         help="folder for diagnostics.json and the exported cutouts "
                              "(default: cnn_results)")
@@ -24,12 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random; all misclassified ones are exported (default: 30)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random well-classified sample (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=512,
-                        help="cutouts scored at a time (default: 512)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run the model; auto = a GPU if any (default: auto)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the outputs of an earlier run in --path-diagnostics")
+    add_scoring(parser)
+    add_overwrite(parser, "replace the outputs of an earlier run in --path-diagnostics")
 
 
 def run(args: argparse.Namespace) -> int:

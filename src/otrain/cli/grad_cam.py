@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from otrain.cli.common import add_device, add_overwrite
 from otrain.evaluation.gradcam import run_grad_cam
 
 
@@ -23,9 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="P(real) above which a cutout is called real (default: 0.5)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random choice of cutouts (default: 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                        help="where to run the network (default: cpu)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing overlays")
+    add_device(parser, "cpu", "where to run the network (default: cpu)")
+    add_overwrite(parser, "replace existing overlays")
 
 
 def run(args: argparse.Namespace) -> int:

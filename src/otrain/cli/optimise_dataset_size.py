@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from otrain.cli.common import add_device, add_overwrite
 from otrain.evaluation.learning_curve import LearningCurveConfig, learning_curve
 from otrain.models import available_architectures
 
@@ -47,13 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="early-stopping patience in epochs; 0 never stops early "
                              f"(default: {d.patience})")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
-                        help=f"where to train (default: {d.device})")
+    add_device(parser, d.device, f"where to train (default: {d.device})")
     parser.add_argument("--lean", action="store_true",
                         help="after scoring each run, delete its checkpoint.pt and validation "
                              "cube (keeps the model file, history and metrics)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing outputs and models of the same names")
+    add_overwrite(parser, "replace existing outputs and models of the same names")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from otrain.cli.common import add_overwrite, add_scoring
 from otrain.evaluation.report import build_report
 
 
@@ -23,11 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="P(real) above which a candidate is called real (default: the "
                              "threshold recorded in the model file)")
-    parser.add_argument("--batch-size", type=int, default=512,
-                        help="cutouts scored at a time (default: 512)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run the model; auto = a GPU if any (default: auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    add_scoring(parser)
+    add_overwrite(parser, "replace an existing report")
 
 
 def run(args: argparse.Namespace) -> int:

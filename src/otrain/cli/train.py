@@ -16,6 +16,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
+from otrain.cli.common import add_device, add_overwrite
 from otrain.distributed import PeerFailed, env_rank, launched
 from otrain.errors import OtrainError
 from otrain.evaluation.metrics import format_metrics
@@ -67,8 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="stop after this many epochs without a better validation loss and "
                              f"keep the best epoch; 0 never stops early (default: {d.patience})")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
-                        help=f"where to train; auto = a GPU if any (default: {d.device})")
+    add_device(parser, d.device, f"where to train; auto = a GPU if any (default: {d.device})")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="processes reading large cubes in the background (default: 0)")
     parser.add_argument("--nproc", type=int, default=d.nproc, metavar="N",
@@ -79,8 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted (or finished) training from its checkpoint, "
                              "e.g. with more --epochs; split and network settings not given are "
                              "taken from the checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing model of that name")
+    add_overwrite(parser, "replace an existing model of that name")
 
 
 def run(args: argparse.Namespace) -> int:
