@@ -22,6 +22,10 @@ machine and torch thread count: float sums depend on it) and ``resume`` continue
 checkpoint exactly as if the run had not stopped (``torch.use_deterministic_algorithms`` is on,
 warn-only, while training). Changing the split or network settings on resume is refused.
 
+Speed: training turns on ``torch.set_flush_denormal(True)`` for the process. Tiny (denormal)
+gradient values otherwise take the CPU's slow path: an epoch of the O'TRAIN network on 8,500
+32x32 cutouts took 33 s with them and 10 s without, on 2 cores.
+
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam; early stopping watches the validation loss and the weights of the best
 epoch are the ones saved.
@@ -346,6 +350,7 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
     prev_det = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_flush_denormal(True)  # denormal gradients made CPU backward passes ~3x slower
     try:
         for epoch in range(st.start + 1, config.epochs + 1):
             if config.patience is not None and st.bad >= config.patience:
