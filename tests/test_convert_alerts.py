@@ -210,6 +210,7 @@ def test_triplet_cube_trains_grouped_by_object(subset, tmp_path):
     meta = read_metadata(folder / "trip.safetensors")
     assert meta["in_channels"] == 3 and meta["channels"] == ["diff", "sci", "ref"]
     assert meta["input_size"] == [31, 31] and meta["training"]["group_by"] == "objectId"
+    assert meta["normalisation"] == "l2"  # the default 'auto' on an alert cube
     parts = {}
     for name, sub in (("val", "validation_set/datacube/cube_validation.h5"),
                       ("test", "test_set/datacube/cube_test.h5")):

@@ -9,7 +9,7 @@ from torch import nn
 
 from otrain.errors import OtrainError
 from otrain.models import available_architectures, build_model, count_flops, count_parameters
-from otrain.normalise import METHODS, normalise
+from otrain.normalise import METHODS, normalise, resolve_method
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,3 +171,14 @@ def test_l2_normalisation_divides_by_rms_and_zeroes_nan():
         np.testing.assert_allclose(np.sqrt(np.mean(out[0, c] ** 2)), 1.0, rtol=1e-6)
     np.testing.assert_allclose(normalise(np.rot90(x, axes=(2, 3)), "l2"),
                                np.rot90(out, axes=(2, 3)))
+
+
+def test_resolve_method_for_auto() -> None:
+    assert resolve_method("auto", ["diff"]) == "zscore"
+    assert resolve_method("auto", ["diff"], source="alerts") == "l2"
+    assert resolve_method("auto", ["diff", "sci", "ref"]) == "l2"
+    assert resolve_method("minmax", ["diff", "sci", "ref"], source="alerts") == "minmax"
+    with pytest.raises(OtrainError, match="unknown normalisation 'auto'"):
+        normalise(np.zeros((1, 1, 8, 8)), "auto")  # inference never sees 'auto'
+    with pytest.raises(OtrainError, match="unknown normalisation"):
+        resolve_method("zcore", ["diff"])

@@ -234,6 +234,22 @@ def test_vgg6_on_three_channel_rectangular_unbalanced_cube(tmp_path: Path) -> No
         assert res.metrics["test"]["n_real"] == int(test.labels.sum())
 
 
+def test_auto_normalisation_is_resolved_from_the_cube(tmp_path: Path) -> None:
+    """The default ``auto`` becomes l2 for multi-channel cubes, zscore for one channel; the
+    model file records the resolved name, and an explicit method wins."""
+    assert TrainConfig().normalise == "auto"
+    three = make_cube(tmp_path / "three.h5", n=60, channels=3, size=12)
+    one = make_cube(tmp_path / "one.h5", n=60, size=12)
+    cfg = TrainConfig(epochs=1, arch="vgg6", test_frac=0.0, val_frac=0.2, **FAST)
+    for path, expected in ((three, "l2"), (one, "zscore")):
+        res = train(path, tmp_path, path.stem, cfg, quiet=True)
+        assert load_model(res.model_file).normalisation == expected
+        assert json.loads((res.folder / "metrics.json").read_text())
+    res = train(three, tmp_path, "explicit", TrainConfig(**{**cfg.__dict__, "normalise": "none"}),
+                quiet=True)
+    assert load_model(res.model_file).normalisation == "none"
+
+
 @pytest.mark.slow
 def test_cli_writes_everything(cube: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,11 @@ Every statistic is computed per cutout and per channel, from its finite pixels o
 ``"none"``
     raw pixel values, as the original O'TRAIN.
 
+Training also accepts ``"auto"`` (its default), resolved by :func:`resolve_method` from the cube
+before anything is trained: ``"l2"`` for cubes made from survey alerts or holding several channels
+(science and reference stamps), ``"zscore"`` for single-channel cutout cubes. The model file records
+the resolved method, never ``"auto"``.
+
 After scaling, NaN and infinite pixels (masked or off-detector pixels, e.g. the NaN borders of
 STDPipe cutouts) are set to 0 by every method, including ``"none"``; a cutout with no finite pixel
 becomes all zeros. The median, MAD, minimum and maximum do not change under flips and 90-degree
@@ -26,6 +31,7 @@ rotations, so augmenting before or after scaling gives the same result.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,6 +40,10 @@ from otrain.errors import OtrainError
 #: Known methods, the default first.
 METHODS: tuple[str, ...] = ("zscore", "minmax", "l2", "none")
 DEFAULT_METHOD = "zscore"
+#: Training's default: a method chosen from the cube (:func:`resolve_method`).
+AUTO = "auto"
+#: What training accepts.
+TRAIN_METHODS: tuple[str, ...] = (AUTO, *METHODS)
 #: MAD to standard deviation for Gaussian noise.
 MAD_TO_STD = 1.4826
 #: Relative floor of the robust scale, as a fraction of the largest deviation from the median.
@@ -46,6 +56,36 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise OtrainError(f"unknown normalisation '{method}'; choose from {', '.join(METHODS)}")
     return method
+
+
+def resolve_method(method: str, channels: Sequence[str], source: str | None = None) -> str:
+    """The concrete method for a cube: ``method`` itself unless it is ``"auto"``.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`TRAIN_METHODS`.
+    channels : sequence of str
+        The cube's channel names (``diff``, ``sci``, ``ref``).
+    source : str, optional
+        Where the cube came from (its provenance ``source``; ``"alerts"`` for alert cubes).
+
+    Returns
+    -------
+    str
+        ``"l2"`` for alert cubes and multi-channel cubes, ``"zscore"`` otherwise (``"auto"``);
+        else ``method``. With ``zscore`` the bright stars of science and reference stamps reach
+        robust z-scores of ~1000, and on ZTF alerts ``l2`` scored higher for difference stamps
+        alone too (``benchmarks/ztf.py``).
+
+    Raises
+    ------
+    OtrainError
+        Unknown method.
+    """
+    if method != AUTO:
+        return check_method(method)
+    return "l2" if source == "alerts" or len(channels) > 1 else DEFAULT_METHOD
 
 
 def normalise(images: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:

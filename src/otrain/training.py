@@ -51,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,8 @@ from otrain import distributed
 from otrain.datacube import Datacube, open_datacube
 from otrain.distributed import DistContext
 from otrain.errors import OtrainError
-from otrain.models import available_architectures, build_model, count_parameters
-from otrain.normalise import check_method
+from otrain.models import build_model, count_parameters
+from otrain.normalise import resolve_method
 from otrain.progress import Progress, info
 from otrain.splits import (
     EpochBatches,
@@ -74,6 +74,7 @@ from otrain.splits import (
     epoch_torch_seed,
     split_indices,
 )
+from otrain.training_config import TrainConfig
 from otrain.training_eval import evaluate, final_metrics, predict_all
 from otrain.training_outputs import (
     HISTORY_COLUMNS,
@@ -87,71 +88,6 @@ from otrain.training_outputs import (
 
 __all__ = ["HISTORY_COLUMNS", "RESUME_KEYS", "TrainConfig", "TrainResult", "resumable_settings",
            "train"]
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training (defaults follow ``otrain-train``)."""
-
-    #: Maximum number of epochs (with ``resume``: the total to reach).
-    epochs: int = 10
-    #: Fraction of the labelled cutouts for validation (early stopping, metrics).
-    val_frac: float = 0.15
-    #: Fraction held out as a test set (0: none).
-    test_frac: float = 0.15
-    #: Rate of every dropout layer.
-    dropout: float = 0.3
-    #: P(real) above which a cutout counts as real (accuracies, metrics; stored in the model).
-    threshold: float = 0.5
-    #: Seeds the split, initial weights, shuffling, augmentation and dropout.
-    seed: int = 0
-    batch_size: int = 128
-    #: Adam learning rate.
-    lr: float = 1e-3
-    #: Network name (:func:`otrain.models.available_architectures`).
-    arch: str = "otrain"
-    #: Per-cutout scaling (:mod:`otrain.normalise`), recorded in the model file.
-    normalise: str = "zscore"
-    #: Random flips and 90-degree rotations of the training cutouts.
-    augment: bool = True
-    #: Weight the loss by the inverse class frequency of the training set ("balanced").
-    class_weights: bool = True
-    #: Stop after this many epochs without a lower validation loss (None: never).
-    patience: int | None = 5
-    #: Table column whose values never straddle two parts of the split (e.g. ``objectId``).
-    group_by: str | None = None
-    #: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    device: str = "auto"
-    #: Continue from the model folder's ``checkpoint.pt``.
-    resume: bool = False
-    #: DataLoader processes preparing batches (helps with large HDF5 cubes read lazily).
-    workers: int = 0
-    #: Split rows whose images fit in this many GB are held in memory, others read lazily.
-    memory_limit_gb: float = 2.0
-    #: Local processes training together (DDP); 1: this process alone, or the process group
-    #: of a torchrun launch.
-    nproc: int = 1
-
-    def validate(self) -> None:
-        """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
-        if self.epochs < 1:
-            raise OtrainError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise OtrainError(f"batch size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise OtrainError(f"learning rate must be positive, got {self.lr}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise OtrainError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.patience is not None and self.patience < 1:
-            raise OtrainError(f"patience must be at least 1 epoch, got {self.patience}")
-        if self.workers < 0:
-            raise OtrainError(f"workers must be >= 0, got {self.workers}")
-        if self.nproc < 1:
-            raise OtrainError(f"nproc must be at least 1, got {self.nproc}")
-        if self.arch not in available_architectures():
-            raise OtrainError(f"unknown architecture '{self.arch}'; choose from "
-                              f"{', '.join(available_architectures())}")
-        check_method(self.normalise)
 
 
 @dataclass
@@ -280,6 +216,8 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
                                   f"{ctx.world_size} processes (torchrun); leave --nproc out")
             dev = ctx.device(config.device)
             cube = stack.enter_context(open_datacube(cube_path))
+            config = replace(config, normalise=resolve_method(
+                config.normalise, cube.channels, cube.attrs.get("source")))
             st = _prepare(cube, root / "checkpoint.pt", config, ctx, dev, quiet)
         except Exception as exc:
             ctx.agree(exc)

@@ -21,7 +21,7 @@ from otrain.distributed import PeerFailed, env_rank, launched
 from otrain.errors import OtrainError
 from otrain.evaluation.metrics import format_metrics
 from otrain.models import available_architectures
-from otrain.normalise import METHODS
+from otrain.normalise import TRAIN_METHODS
 from otrain.training import RESUME_KEYS, TrainConfig, resumable_settings, train
 
 
@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Adam learning rate (default: {d.lr})")
     parser.add_argument("--arch", choices=available_architectures(), default=None,
                         help=f"network (default: {d.arch})")
-    parser.add_argument("--normalise", choices=METHODS, default=None,
-                        help="per-cutout scaling, repeated at inference; 'none' = raw pixels as "
+    parser.add_argument("--normalise", choices=TRAIN_METHODS, default=None,
+                        help="per-cutout scaling, repeated at inference; auto = l2 for alert "
+                             "and multi-channel cubes, zscore otherwise; 'none' = raw pixels as "
                              f"the original O'TRAIN (default: {d.normalise})")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="do not randomly flip and rotate training cutouts")

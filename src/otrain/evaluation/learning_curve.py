@@ -75,7 +75,7 @@ class LearningCurveConfig:
     batch_size: int = 128
     lr: float = 1e-3
     patience: int | None = 5
-    normalise: str = "zscore"
+    normalise: str = "auto"
     device: str = "auto"
     #: Delete each run's checkpoint.pt and validation cube after scoring it.
     lean: bool = False

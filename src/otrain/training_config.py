@@ -1,0 +1,79 @@
+"""Settings of one training: :class:`TrainConfig` (the defaults of ``otrain-train``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from otrain.errors import OtrainError
+from otrain.models import available_architectures
+from otrain.normalise import AUTO, TRAIN_METHODS
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training (defaults follow ``otrain-train``)."""
+
+    #: Maximum number of epochs (with ``resume``: the total to reach).
+    epochs: int = 10
+    #: Fraction of the labelled cutouts for validation (early stopping, metrics).
+    val_frac: float = 0.15
+    #: Fraction held out as a test set (0: none).
+    test_frac: float = 0.15
+    #: Rate of every dropout layer.
+    dropout: float = 0.3
+    #: P(real) above which a cutout counts as real (accuracies, metrics; stored in the model).
+    threshold: float = 0.5
+    #: Seeds the split, initial weights, shuffling, augmentation and dropout.
+    seed: int = 0
+    batch_size: int = 128
+    #: Adam learning rate.
+    lr: float = 1e-3
+    #: Network name (:func:`otrain.models.available_architectures`).
+    arch: str = "otrain"
+    #: Per-cutout scaling (:mod:`otrain.normalise`), recorded in the model file; ``"auto"``:
+    #: ``l2`` for alert and multi-channel cubes, ``zscore`` otherwise.
+    normalise: str = AUTO
+    #: Random flips and 90-degree rotations of the training cutouts.
+    augment: bool = True
+    #: Weight the loss by the inverse class frequency of the training set ("balanced").
+    class_weights: bool = True
+    #: Stop after this many epochs without a lower validation loss (None: never).
+    patience: int | None = 5
+    #: Table column whose values never straddle two parts of the split (e.g. ``objectId``).
+    group_by: str | None = None
+    #: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    device: str = "auto"
+    #: Continue from the model folder's ``checkpoint.pt``.
+    resume: bool = False
+    #: DataLoader processes preparing batches (helps with large HDF5 cubes read lazily).
+    workers: int = 0
+    #: Split rows whose images fit in this many GB are held in memory, others read lazily.
+    memory_limit_gb: float = 2.0
+    #: Local processes training together (DDP); 1: this process alone, or the process group
+    #: of a torchrun launch.
+    nproc: int = 1
+
+    def validate(self) -> None:
+        """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
+        if self.epochs < 1:
+            raise OtrainError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise OtrainError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise OtrainError(f"learning rate must be positive, got {self.lr}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise OtrainError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.patience is not None and self.patience < 1:
+            raise OtrainError(f"patience must be at least 1 epoch, got {self.patience}")
+        if self.workers < 0:
+            raise OtrainError(f"workers must be >= 0, got {self.workers}")
+        if self.nproc < 1:
+            raise OtrainError(f"nproc must be at least 1, got {self.nproc}")
+        if self.arch not in available_architectures():
+            raise OtrainError(f"unknown architecture '{self.arch}'; choose from "
+                              f"{', '.join(available_architectures())}")
+        if self.normalise not in TRAIN_METHODS:
+            raise OtrainError(f"unknown normalisation '{self.normalise}'; choose from "
+                              f"{', '.join(TRAIN_METHODS)}")
