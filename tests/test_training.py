@@ -20,6 +20,7 @@ from otrain.evaluation.metrics import binary_metrics
 from otrain.modelfile import load_model, predict_proba
 from otrain.splits import augment, split_indices
 from otrain.training import HISTORY_COLUMNS, TrainConfig, train
+from otrain.training_config import epoch_lr
 
 FAST = {"batch_size": 64, "patience": None}
 
@@ -190,6 +191,40 @@ def test_outputs_determinism_and_resume(cube: Path, tmp_path: Path) -> None:
         assert [row[key] for row in r.history] == pytest.approx([row[key] for row in a.history])
 
 
+def test_cosine_schedule_resumes_exactly(cube: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TrainConfig(epochs=3, seed=3, lr_schedule="cosine", **FAST)
+    assert [epoch_lr(cfg, e) for e in (1, 2, 3)] == pytest.approx([1e-3, 0.75e-3, 0.25e-3])
+    assert epoch_lr(TrainConfig(epochs=3), 3) == 1e-3  # constant
+    full = train(cube, tmp_path, "cos", cfg, quiet=True)
+    flat = train(cube, tmp_path, "flat", TrainConfig(epochs=3, seed=3, **FAST), quiet=True)
+    assert full.history[0]["train_loss"] == pytest.approx(flat.history[0]["train_loss"])
+    assert not _same(_weights(full.model_file), _weights(flat.model_file))
+
+    # interrupted after epoch 2 of 3, then resumed: the schedule goes on as if uninterrupted
+    import otrain.training as training_module
+
+    real_checkpoint = training_module._checkpoint
+
+    def interrupt_after_two(path: Path, st: object, epoch: int, *args: object) -> None:
+        real_checkpoint(path, st, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_module, "_checkpoint", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cube, tmp_path, "res", cfg, quiet=True)
+    monkeypatch.setattr(training_module, "_checkpoint", real_checkpoint)
+    res = train(cube, tmp_path, "res", TrainConfig(**{**cfg.__dict__, "resume": True}),
+                quiet=True)
+    assert _same(_weights(full.model_file), _weights(res.model_file))
+    with pytest.raises(OtrainError, match="lr_schedule was 'cosine', now 'constant'"):
+        train(cube, tmp_path, "res", TrainConfig(epochs=4, seed=3, resume=True, **FAST),
+              quiet=True)
+    with pytest.raises(OtrainError, match="unknown learning-rate schedule 'step'"):
+        TrainConfig(lr_schedule="step").validate()
+
+
 def test_refusals(cube: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, **FAST)
     train(cube, tmp_path, "m", cfg, quiet=True)
@@ -256,7 +291,7 @@ def test_cli_writes_everything(cube: Path, tmp_path: Path,
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["otrain-train", "--cube", str(cube), "--model-path", str(tmp_path), "--model-name",
             "cli", "--epochs", "2", "--batch-size", "64", "--seed", "1", "--frac", "0.2",
-            "--test-frac", "0.1"]
+            "--test-frac", "0.1", "--lr-schedule", "cosine"]
     proc = run_cli(*args, check=True)
     assert "test set" in proc.stdout and "auc=" in proc.stdout
     root = tmp_path / "CNN_training" / "cli"
@@ -270,6 +305,8 @@ def test_cli_writes_everything(cube: Path, tmp_path: Path,
     run_cli("otrain-train", "--cube", str(cube), "--model-path", str(tmp_path), "--model-name",
             "cli", "--epochs", "3", "--resume", "--quiet", check=True)
     assert len((root / "history.csv").read_text().splitlines()) == 4
+    config = load_model(root / "cli.safetensors").meta["training"]["config"]
+    assert config["lr_schedule"] == "cosine" and config["seed"] == 1  # kept from the checkpoint
 
 
 @pytest.mark.slow

@@ -27,8 +27,9 @@ gradient values otherwise take the CPU's slow path: an epoch of the O'TRAIN netw
 32x32 cutouts took 33 s with them and 10 s without, on 2 cores.
 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
-the optimizer is Adam; early stopping watches the validation loss and the weights of the best
-epoch are the ones saved.
+the optimizer is Adam, at a constant learning rate or on a cosine schedule over ``epochs``
+(:func:`otrain.training_config.epoch_lr`); early stopping watches the validation loss and the
+weights of the best epoch are the ones saved.
 
 Several processes (DDP, :mod:`otrain.distributed`): ``TrainConfig(nproc=N)`` (``otrain-train
 --nproc N``) spawns N local processes; under torchrun (``WORLD_SIZE`` > 1) the run is distributed
@@ -74,7 +75,7 @@ from otrain.splits import (
     epoch_torch_seed,
     split_indices,
 )
-from otrain.training_config import TrainConfig
+from otrain.training_config import TrainConfig, epoch_lr
 from otrain.training_eval import evaluate, final_metrics, predict_all
 from otrain.training_outputs import (
     HISTORY_COLUMNS,
@@ -294,6 +295,8 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
             if config.patience is not None and st.bad >= config.patience:
                 break
             t0 = time.monotonic()
+            for group in st.opt.param_groups:
+                group["lr"] = epoch_lr(config, epoch)
             torch.manual_seed(epoch_torch_seed(config.seed, epoch, ctx.rank))
             batches, codes = epoch_plan(st.split.train, config.seed, epoch, config.batch_size,
                                         st.n_codes, config.augment)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from otrain.errors import OtrainError
 from otrain.models import available_architectures
 from otrain.normalise import AUTO, TRAIN_METHODS
 
-__all__ = ["TrainConfig"]
+__all__ = ["LR_SCHEDULES", "TrainConfig", "epoch_lr"]
+
+#: Learning-rate schedules of :class:`TrainConfig`.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -28,8 +32,11 @@ class TrainConfig:
     #: Seeds the split, initial weights, shuffling, augmentation and dropout.
     seed: int = 0
     batch_size: int = 128
-    #: Adam learning rate.
+    #: Adam learning rate (the starting one with a cosine schedule).
     lr: float = 1e-3
+    #: ``"constant"``, or ``"cosine"``: the learning rate of epoch ``e`` (1-based) is
+    #: ``lr * (1 + cos(pi * (e - 1) / epochs)) / 2``, falling from ``lr`` towards 0.
+    lr_schedule: str = "constant"
     #: Network name (:func:`otrain.models.available_architectures`).
     arch: str = "otrain"
     #: Per-cutout scaling (:mod:`otrain.normalise`), recorded in the model file; ``"auto"``:
@@ -65,6 +72,9 @@ class TrainConfig:
             raise OtrainError(f"learning rate must be positive, got {self.lr}")
         if not 0.0 <= self.threshold <= 1.0:
             raise OtrainError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise OtrainError(f"unknown learning-rate schedule '{self.lr_schedule}'; choose "
+                              f"from {', '.join(LR_SCHEDULES)}")
         if self.patience is not None and self.patience < 1:
             raise OtrainError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.workers < 0:
@@ -77,3 +87,14 @@ class TrainConfig:
         if self.normalise not in TRAIN_METHODS:
             raise OtrainError(f"unknown normalisation '{self.normalise}'; choose from "
                               f"{', '.join(TRAIN_METHODS)}")
+
+
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (1-based) under ``config.lr_schedule``.
+
+    It depends on the epoch number alone, so a resumed run (same ``epochs``) follows the schedule
+    of an uninterrupted one; resuming with more ``epochs`` stretches a cosine schedule.
+    """
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
+    return config.lr

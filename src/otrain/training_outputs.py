@@ -28,7 +28,7 @@ from otrain.splits import Split
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds")
 #: Settings that must not change when a training is resumed.
 RESUME_KEYS = ("val_frac", "test_frac", "seed", "group_by", "arch", "dropout", "normalise",
-                "batch_size", "lr", "augment", "class_weights")
+                "batch_size", "lr", "lr_schedule", "augment", "class_weights")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from otrain.evaluation.metrics import format_metrics
 from otrain.models import available_architectures
 from otrain.normalise import TRAIN_METHODS
 from otrain.training import RESUME_KEYS, TrainConfig, resumable_settings, train
+from otrain.training_config import LR_SCHEDULES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"cutouts per step (default: {d.batch_size})")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"Adam learning rate (default: {d.lr})")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                        help="constant, or cosine: from --lr down towards 0 over --epochs "
+                             f"(default: {d.lr_schedule})")
     parser.add_argument("--arch", choices=available_architectures(), default=None,
                         help=f"network (default: {d.arch})")
     parser.add_argument("--normalise", choices=TRAIN_METHODS, default=None,
