@@ -101,6 +101,39 @@ def test_datacube_same_table_as_one_process(client, tmp_path, model_file, one_th
     assert {"class", "label"} <= set(table.colnames) and len(table) == res.report.n_scored
 
 
+def _alert_model(path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_model(path, build_model("vgg6", 3, 21, 0.0),
+                      {"normalisation": "l2", "channels": ["diff", "sci", "ref"]})
+
+
+def test_alerts_same_table_as_one_process(client, tmp_path, ztf_dir):
+    """Real ZTF alert files, one task each, plus a corrupt one: same rows, same counts."""
+    (tmp_path / "junk.avro").write_bytes(b"not avro")
+    files = [ztf_dir / "ztf_alerts_v3.0.avro", tmp_path / "junk.avro",
+             ztf_dir / "ztf_alerts_v4.01.avro"]
+    model = _alert_model(tmp_path / "m.safetensors")
+    ref = infer(files, model, tmp_path / "one.csv", threshold=0.5, quiet=True)
+    res = infer_distributed(files, model, tmp_path / "dask.csv", threshold=0.5, client=client,
+                            quiet=True)
+    one, dask = (ascii.read(tmp_path / n, format="csv") for n in ("one.csv", "dask.csv"))
+    assert len(dask) == 54 and dask.colnames == one.colnames
+    assert dask.colnames[:2] == ["candid", "objectId"] and "class" in dask.colnames
+    assert list(dask["candid"]) == list(one["candid"])
+    np.testing.assert_allclose(dask["label1"], one["label1"], atol=1e-6, rtol=0)
+    assert list(dask["class"]) == list(one["class"])
+    for key in ("n_inputs", "n_scored", "n_skipped", "n_edge", "n_real"):
+        assert getattr(res.report, key) == getattr(ref.report, key), key
+    assert any("junk.avro" in where for where, _ in res.report.skipped)
+    with pytest.raises(CutoutError, match="junk.avro"):
+        infer_distributed(files, model, tmp_path / "strict.csv", client=client, strict=True,
+                          quiet=True)
+    assert not (tmp_path / "strict.csv").exists()
+    with pytest.raises(OtrainError, match=r"none of the 1 alert file\(s\) could be read"):
+        infer_distributed(tmp_path / "junk.avro", model, tmp_path / "j.csv", client=client,
+                          quiet=True)
+
+
 def test_convert_same_cube_as_one_process(client, tmp_path):
     src = make_labelled_folder(tmp_path / "lab", 13, 21, size=20, seed=4)
     write_cutout(src / "true" / "t_edge.fits", np.zeros((20, 20)), EDGE="True")
@@ -193,3 +226,14 @@ def test_cli_local_cluster_and_bad_scheduler(folder, model_file, tmp_path, monke
     proc = run_cli("otrain-convert", "--cutouts", str(folder), "--path", str(tmp_path),
                    "--cube", "c", "--scheduler", address)
     assert_clean_error(proc, "cannot connect to the Dask scheduler")
+
+
+def test_cli_alerts_on_local_cluster(tmp_path, ztf_dir):
+    model = _alert_model(tmp_path / "m.safetensors")
+    out = tmp_path / "alerts.csv"
+    proc = run_cli("otrain-infer", "--cutouts", str(ztf_dir / "ztf_alerts_v3.0.avro"),
+                   "--model", str(model), "--output", str(out), "--scheduler", "local",
+                   "--workers", "1", check=True)
+    assert "scored 30" in proc.stdout
+    table = ascii.read(out, format="csv")
+    assert len(table) == 30 and table.colnames[:2] == ["candid", "objectId"]

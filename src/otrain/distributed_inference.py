@@ -1,4 +1,5 @@
-"""Scoring on a Dask cluster: cutout files or datacube rows in chunks, one table in input order.
+"""Scoring on a Dask cluster: cutout files, datacube rows or alert files in chunks, one table in
+input order.
 
 The inputs are split into chunks (``chunk_size`` files, or cube rows); each chunk is one Dask
 task (:func:`otrain.dask_cluster.dask_ordered_map`). A worker loads the model once, reads its
@@ -14,6 +15,10 @@ both runs use the same number of torch threads (one per task here). Across threa
 for a forward pass of a single cutout, the last bits of a float can differ (the order of the
 sums inside the oneDNN convolutions); a worker scores a lone cutout in a pair, so the chunking
 never changes a score.
+
+Alert files (``.avro``, ``.parquet``) are one task each, scored on the worker by the
+single-process alert path (:func:`otrain.inference_alerts.iter_alert_scores`): the table has the
+same rows in the same order, with scores equal to ~1e-7 (batches end at file boundaries here).
 
 Every worker must see the inputs and the model under the same paths (a shared file system);
 only the client writes the output.
@@ -34,12 +39,21 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
+from otrain.alerts.sources import find_alert_files
 from otrain.cutouts import CUTOUT_SUFFIXES, find_cutouts
 from otrain.dask_cluster import check_chunk_size, dask_ordered_map, use_client
 from otrain.datacube import open_datacube
-from otrain.distributed_worker import Part, Spec, score_files, score_rows, stack_tables
+from otrain.distributed_worker import (
+    Part,
+    Spec,
+    score_alert_files,
+    score_files,
+    score_rows,
+    stack_tables,
+)
 from otrain.errors import OtrainError
 from otrain.inference import InferResult, default_output, is_datacube_path, output_format
+from otrain.inference_alerts import check_alert_model, is_alert_source
 
 # The single-process path's own pieces, so that both paths give the same rows and messages.
 from otrain.inference_stream import (
@@ -108,6 +122,15 @@ def _cube_tasks(path: Path, loaded: LoadedModel, base: dict, cutout_size: int | 
     return score_rows, [(a, min(n, a + chunk_size)) for a in range(0, n, chunk_size)], spec
 
 
+def _alert_tasks(source: str | Path | Sequence[str | Path], loaded: LoadedModel, base: dict,
+                 report: InferReport) -> tuple[Callable[..., Part], list[Any], Spec]:
+    files = [str(p) for p in find_alert_files(source)]
+    channels, side = check_alert_model(loaded)
+    report.source = str(source) if isinstance(source, str | Path) else f"{len(files)} path(s)"
+    spec = Spec(**base, shape=(len(channels), side, side), channels=channels)
+    return score_alert_files, [[f] for f in files], spec
+
+
 def iter_distributed_scores(
     client: Any,
     source: str | Path | Sequence[str | Path],
@@ -130,7 +153,8 @@ def iter_distributed_scores(
     client : distributed.Client
         The cluster (see :func:`otrain.dask_cluster.dask_client`).
     source : str, Path or sequence of them
-        A cutout folder, cutout files, or a datacube file (``.h5``/``.npz``).
+        A cutout folder, cutout files, a datacube file (``.h5``/``.npz``), or alert files /
+        folders (``.avro``, ``.parquet``; one task per file).
     loaded : LoadedModel
         The model, loaded here (for its metadata); workers load ``loaded.path`` themselves.
     channels, cutout_size, batch_size, threshold, strict
@@ -139,7 +163,7 @@ def iter_distributed_scores(
     device : str, default "cpu"
         Where the workers run the network (``"auto"``, ``"cpu"``, ``"cuda"``).
     chunk_size : int, default 2000
-        Files or cube rows per Dask task.
+        Files or cube rows per Dask task (alert files: one per task).
     retries : int, default 2
         Re-runs of a chunk that raised (a chunk whose worker died is re-run anyway).
     quiet : bool, default False
@@ -182,6 +206,8 @@ def _plan(source: str | Path | Sequence[str | Path], loaded: LoadedModel,
     if isinstance(source, str | Path) and is_datacube_path(source):
         return _Plan(*_cube_tasks(Path(source), loaded, base, cutout_size, chunk_size, report),
                      what="cube rows")
+    if is_alert_source(source):
+        return _Plan(*_alert_tasks(source, loaded, base, report), what="alert files")
     return _Plan(*_file_tasks(source, loaded, base, channels, cutout_size, chunk_size, report),
                  what="files")
 
@@ -190,22 +216,31 @@ def _run(client: Any, plan: _Plan, strict: bool, retries: int, quiet: bool,
          report: InferReport) -> Iterator[Table]:
     """Submit the plan's tasks; use their results in order (the report is filled in)."""
     start = time.monotonic()
-    with Progress(report.n_inputs, "scoring on Dask", quiet, unit="cutout") as bar, \
+    alerts = plan.func is score_alert_files  # alert counts are known once files are read
+    total, unit = (None, "alert") if alerts else (report.n_inputs, "cutout")
+    with Progress(total, "scoring on Dask", quiet, unit=unit) as bar, \
             contextlib.closing(dask_ordered_map(
                 client, plan.func, plan.chunks, plan.spec, name="otrain-score",
                 retries=retries, on_done=lambda _, p: bar.update(p.n_inputs))) as parts:
         for k, part in enumerate(parts):
             _skip(report, part.errors, strict)
+            if part.n_skipped is not None:  # alerts: counted by alert, not by problem line
+                report.n_skipped += part.n_skipped - len(part.errors)
+                report.n_inputs += part.n_inputs
             report.seconds = time.monotonic() - start
             if part.table is None:
-                if k == 0 and len(plan.chunks) > 1:
+                if k == 0 and len(plan.chunks) > 1 and not alerts:
                     raise _all_failed(report, f"none of the first {part.n_inputs} {plan.what}")
                 continue
             _account(report, part.table, report.threshold)
             yield part.table
     report.seconds = time.monotonic() - start
     if report.n_scored == 0:
-        raise _all_failed(report, f"none of the {report.n_inputs} file(s)")
+        if alerts and not report.skipped:
+            raise OtrainError(f"no alert could be scored: {report.n_inputs} alerts read from "
+                              f"{len(plan.chunks)} file(s), none with the stamps asked for")
+        what = f"{len(plan.chunks)} alert" if alerts else str(report.n_inputs)
+        raise _all_failed(report, f"none of the {what} file(s)")
 
 
 def score_distributed(source: str | Path | Sequence[str | Path], model_path: str | Path,

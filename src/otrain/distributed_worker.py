@@ -12,6 +12,7 @@ the single-process path's own functions, so both paths give the same table.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,12 @@ import numpy as np
 import torch
 from astropy.table import Table
 
+from otrain.alerts import AlertReport
 from otrain.datacube import Datacube, open_datacube
+from otrain.errors import OtrainError
+from otrain.inference_alerts import iter_alert_scores, skipped_alerts
 from otrain.inference_stream import _SOURCE, _read_chunk, _rows, _Scorer
-from otrain.modelfile import load_model
+from otrain.modelfile import LoadedModel, load_model
 from otrain.normalise import normalise
 
 
@@ -48,11 +52,16 @@ class Spec:
 
 @dataclass
 class Part:
-    """A worker's answer for one chunk: its rows (None when none scored) and skipped files."""
+    """A worker's answer for one chunk: its rows (None when none scored) and skipped files.
+
+    For alert files, ``n_inputs`` counts the alerts decoded, ``errors`` the first problems met
+    and ``n_skipped`` the alerts left out (a corrupt file is one problem, however many alerts).
+    """
 
     n_inputs: int
     table: Table | None
     errors: list[tuple[str, str]] = field(default_factory=list)
+    n_skipped: int | None = None
 
 
 _LOCK = threading.Lock()
@@ -71,6 +80,19 @@ def _worker_scorer(spec: Spec) -> Any:
                 _MODELS.pop(next(iter(_MODELS)))
             torch.set_num_threads(1)
             _MODELS[key] = _Scorer(load_model(spec.model_path, spec.device), spec.shape)
+        return _MODELS[key]
+
+
+def _worker_model(spec: Spec) -> LoadedModel:
+    """The loaded model of this worker process (alert scoring uses the eager network, as the
+    single-process alert path does), loaded on first use."""
+    key = (spec.model_path, spec.model_mtime_ns, spec.device, "eager")
+    with _LOCK:
+        if key not in _MODELS:
+            if len(_MODELS) >= _KEEP:
+                _MODELS.pop(next(iter(_MODELS)))
+            torch.set_num_threads(1)
+            _MODELS[key] = load_model(spec.model_path, spec.device)
         return _MODELS[key]
 
 
@@ -141,3 +163,16 @@ def score_rows(bounds: tuple[int, int], spec: Spec) -> Part:
         labels = np.asarray(sub["label"], dtype=np.int64) if spec.labelled else None
         tables.append(_rows(meta, filenames, probs, edge, spec.threshold, labels))
     return Part(bounds[1] - bounds[0], stack_tables(tables))
+
+
+def score_alert_files(files: Sequence[str], spec: Spec) -> Part:
+    """Worker task: decode and score alert files with the single-process alert path
+    (:func:`otrain.inference_alerts.iter_alert_scores`), ``batch_size`` alerts at a time."""
+    loaded = _worker_model(spec)
+    alerts = AlertReport()
+    tables: list[Table] = []
+    with contextlib.suppress(OtrainError):  # raised when nothing scored: the problems say why
+        tables.extend(iter_alert_scores(list(files), loaded, spec.batch_size, spec.threshold,
+                                        quiet=True, alert_report=alerts))
+    return Part(alerts.n_alerts, stack_tables(tables), skipped_alerts(alerts),
+                n_skipped=alerts.n_alerts - alerts.n_kept)

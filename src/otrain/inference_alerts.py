@@ -52,6 +52,32 @@ def is_alert_source(source: str | Path | Sequence[str | Path]) -> bool:
     return True
 
 
+def check_alert_model(loaded: LoadedModel) -> tuple[tuple[str, ...], int]:
+    """The model's channels and window side, after checking it can score alerts.
+
+    Raises
+    ------
+    OtrainError
+        Channels other than alert stamps (``diff``, ``sci``, ``ref``), or a non-square input.
+    """
+    channels = tuple(loaded.channels)
+    unknown = [c for c in channels if c not in ("diff", "sci", "ref")]
+    if unknown:
+        raise OtrainError(f"model channels {', '.join(channels)} are not alert stamps "
+                          "(diff, sci, ref)", loaded.path)
+    h, w = loaded.input_size
+    if h != w:
+        raise OtrainError(f"model input {h}x{w} is not square: alert windows are square",
+                          loaded.path)
+    return channels, h
+
+
+def skipped_alerts(alert_report: AlertReport, keep: int = 20) -> list[tuple[str, str]]:
+    """The first ``keep`` problems of an alert report as (where, reason) pairs."""
+    return [tuple(line.split(": ", 1)) if ": " in line else (line, "problem")  # type: ignore[misc]
+            for line in alert_report.problems[:keep]]
+
+
 def iter_alert_scores(
     paths: str | Path | Sequence[str | Path],
     loaded: LoadedModel,
@@ -88,15 +114,7 @@ def iter_alert_scores(
     """
     report = report if report is not None else InferReport()
     alert_report = alert_report if alert_report is not None else AlertReport()
-    channels = tuple(loaded.channels)
-    unknown = [c for c in channels if c not in ("diff", "sci", "ref")]
-    if unknown:
-        raise OtrainError(f"model channels {', '.join(channels)} are not alert stamps "
-                          "(diff, sci, ref)", loaded.path)
-    h, w = loaded.input_size
-    if h != w:
-        raise OtrainError(f"model input {h}x{w} is not square: alert windows are square",
-                          loaded.path)
+    channels, h = check_alert_model(loaded)
     report.source = str(paths) if isinstance(paths, str | Path) else f"{len(paths)} path(s)"
     report.threshold = float(threshold if threshold is not None else loaded.threshold)
     start = time.perf_counter()
@@ -118,8 +136,7 @@ def iter_alert_scores(
             yield table
     report.n_inputs = alert_report.n_alerts
     report.n_skipped = alert_report.n_alerts - alert_report.n_kept
-    report.skipped = [tuple(line.split(": ", 1)) if ": " in line else (line, "problem")
-                      for line in alert_report.problems[:20]]  # type: ignore[misc]
+    report.skipped = skipped_alerts(alert_report)
     report.seconds = time.perf_counter() - start
     if report.n_scored == 0:
         raise OtrainError(f"no alert could be scored ({alert_report.summary()})")
