@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,29 +71,29 @@ _MODELS: dict[tuple[Any, ...], Any] = {}
 _CUBES: dict[tuple[str, int], Datacube] = {}
 
 
-def _worker_scorer(spec: Spec) -> Any:
-    """The scorer of this worker process, built on first use (one torch thread per task)."""
-    key = (spec.model_path, spec.model_mtime_ns, spec.device, spec.shape)
+def _cached_model(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The model of this worker process under ``key``, built by ``build()`` on first use (one
+    torch thread per task)."""
     with _LOCK:
         if key not in _MODELS:
             if len(_MODELS) >= _KEEP:
                 _MODELS.pop(next(iter(_MODELS)))
             torch.set_num_threads(1)
-            _MODELS[key] = _Scorer(load_model(spec.model_path, spec.device), spec.shape)
+            _MODELS[key] = build()
         return _MODELS[key]
+
+
+def _worker_scorer(spec: Spec) -> Any:
+    """The scorer (TorchScript graph) of this worker process."""
+    return _cached_model((spec.model_path, spec.model_mtime_ns, spec.device, spec.shape),
+                         lambda: _Scorer(load_model(spec.model_path, spec.device), spec.shape))
 
 
 def _worker_model(spec: Spec) -> LoadedModel:
     """The loaded model of this worker process (alert scoring uses the eager network, as the
-    single-process alert path does), loaded on first use."""
-    key = (spec.model_path, spec.model_mtime_ns, spec.device, "eager")
-    with _LOCK:
-        if key not in _MODELS:
-            if len(_MODELS) >= _KEEP:
-                _MODELS.pop(next(iter(_MODELS)))
-            torch.set_num_threads(1)
-            _MODELS[key] = load_model(spec.model_path, spec.device)
-        return _MODELS[key]
+    single-process alert path does)."""
+    return _cached_model((spec.model_path, spec.model_mtime_ns, spec.device, "eager"),
+                         lambda: load_model(spec.model_path, spec.device))
 
 
 def _worker_cube(spec: Spec) -> Datacube:
