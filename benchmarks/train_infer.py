@@ -134,10 +134,10 @@ def part_model(cube: str, model: str, n: int) -> dict:
     import torch
 
     from otrain.datacube import open_datacube
-    from otrain.inference_stream import _Scorer
     from otrain.modelfile import load_model, predict_proba
     from otrain.models import count_flops
     from otrain.normalise import normalise
+    from otrain.scoring import Scorer
 
     with open_datacube(cube) as c:
         images = c.read(slice(0, n))
@@ -147,7 +147,7 @@ def part_model(cube: str, model: str, n: int) -> dict:
     out: dict = {"flop_per_cutout": flops, "cores": cores, "by_threads": {}}
     a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
     normed = normalise(images, loaded.normalisation)
-    scorer = _Scorer(loaded, images.shape[1:])
+    scorer = Scorer(loaded, images.shape[1:])
     for threads in sorted({1, cores}):
         torch.set_num_threads(threads)
         row: dict = {}

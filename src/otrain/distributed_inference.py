@@ -54,19 +54,19 @@ from otrain.distributed_worker import (
 from otrain.errors import OtrainError
 from otrain.inference import InferResult, default_output, is_datacube_path, output_format
 from otrain.inference_alerts import check_alert_model, is_alert_source
-
-# The single-process path's own pieces, so that both paths give the same rows and messages.
-from otrain.inference_stream import (
-    InferReport,
-    _account,
-    _all_failed,
-    _check_settings,
-    _model_channels,
-    _skip,
-)
 from otrain.modelfile import LoadedModel, load_model
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import Progress
+
+# The single-process path's own pieces, so that both paths give the same rows and messages.
+from otrain.scoring import (
+    InferReport,
+    account,
+    all_failed,
+    check_settings,
+    model_channels,
+    skip,
+)
 
 __all__ = ["dask_infer", "infer_distributed", "iter_distributed_scores",
            "score_distributed"]
@@ -91,7 +91,7 @@ def _file_tasks(source: str | Path | Sequence[str | Path], loaded: LoadedModel, 
                 channels: Sequence[str] | None, cutout_size: int | None, chunk_size: int,
                 report: InferReport) -> tuple[Callable[..., Part], list[Any], Spec]:
     files = _list_files(source, report)
-    chans = _model_channels(loaded, channels)
+    chans = model_channels(loaded, channels)
     h, w = loaded.input_size
     if cutout_size is None:
         cutout_size = h if h == w else -1
@@ -194,7 +194,7 @@ def _plan(source: str | Path | Sequence[str | Path], loaded: LoadedModel,
           channels: Sequence[str] | None, cutout_size: int | None, batch_size: int,
           threshold: float | None, device: str, chunk_size: int, report: InferReport) -> _Plan:
     """Check the settings and the inputs against the model; split the inputs into tasks."""
-    _check_settings(batch_size, threshold)
+    check_settings(batch_size, threshold)
     chunk_size = check_chunk_size(chunk_size)
     if loaded.path is None:
         raise OtrainError("the model must come from a file (load_model) to run on Dask")
@@ -223,16 +223,16 @@ def _run(client: Any, plan: _Plan, strict: bool, retries: int, quiet: bool,
                 client, plan.func, plan.chunks, plan.spec, name="otrain-score",
                 retries=retries, on_done=lambda _, p: bar.update(p.n_inputs))) as parts:
         for k, part in enumerate(parts):
-            _skip(report, part.errors, strict)
+            skip(report, part.errors, strict)
             if part.n_skipped is not None:  # alerts: counted by alert, not by problem line
                 report.n_skipped += part.n_skipped - len(part.errors)
                 report.n_inputs += part.n_inputs
             report.seconds = time.monotonic() - start
             if part.table is None:
                 if k == 0 and len(plan.chunks) > 1 and not alerts:
-                    raise _all_failed(report, f"none of the first {part.n_inputs} {plan.what}")
+                    raise all_failed(report, f"none of the first {part.n_inputs} {plan.what}")
                 continue
-            _account(report, part.table, report.threshold)
+            account(report, part.table, report.threshold)
             yield part.table
     report.seconds = time.monotonic() - start
     if report.n_scored == 0:
@@ -240,7 +240,7 @@ def _run(client: Any, plan: _Plan, strict: bool, retries: int, quiet: bool,
             raise OtrainError(f"no alert could be scored: {report.n_inputs} alerts read from "
                               f"{len(plan.chunks)} file(s), none with the stamps asked for")
         what = f"{len(plan.chunks)} alert" if alerts else str(report.n_inputs)
-        raise _all_failed(report, f"none of the {what} file(s)")
+        raise all_failed(report, f"none of the {what} file(s)")
 
 
 def score_distributed(source: str | Path | Sequence[str | Path], model_path: str | Path,

@@ -2,11 +2,11 @@
 
 A worker process loads the model once (a cache keyed by the model path, its modification time,
 the device and the input shape; the TorchScript graph of
-:class:`otrain.inference_stream._Scorer` is built once too) and opens a datacube once (its
+:class:`otrain.scoring.Scorer` is built once too) and opens a datacube once (its
 table is read whole, once). Each task reads its files or cube rows ``batch_size`` at a time,
 normalises and scores them with one torch thread (Dask runs one task per worker thread; the
 parallelism is in the worker processes), and returns the chunk's rows of the scores table
-(:data:`otrain.inference_stream.TABLE_COLUMNS`) and its skipped files. The rows are built by
+(:data:`otrain.scoring.TABLE_COLUMNS`) and its skipped files. The rows are built by
 the single-process path's own functions, so both paths give the same table.
 """
 
@@ -26,9 +26,9 @@ from otrain.alerts import AlertReport
 from otrain.datacube import Datacube, open_datacube
 from otrain.errors import OtrainError
 from otrain.inference_alerts import iter_alert_scores, skipped_alerts
-from otrain.inference_stream import _SOURCE, _read_chunk, _rows, _Scorer
 from otrain.modelfile import LoadedModel, load_model
 from otrain.normalise import normalise
+from otrain.scoring import SOURCE_COLUMNS, Scorer, read_chunk, table_rows
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _cached_model(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 def _worker_scorer(spec: Spec) -> Any:
     """The scorer (TorchScript graph) of this worker process."""
     return _cached_model((spec.model_path, spec.model_mtime_ns, spec.device, spec.shape),
-                         lambda: _Scorer(load_model(spec.model_path, spec.device), spec.shape))
+                         lambda: Scorer(load_model(spec.model_path, spec.device), spec.shape))
 
 
 def _worker_model(spec: Spec) -> LoadedModel:
@@ -131,11 +131,11 @@ def score_files(files: Sequence[str], spec: Spec) -> Part:
     scorer = _worker_scorer(spec)
     tables, errors = [], []
     for s in range(0, len(files), spec.batch_size):
-        chunk = _read_chunk(files[s:s + spec.batch_size], spec.channels, spec.cutout_size,
+        chunk = read_chunk(files[s:s + spec.batch_size], spec.channels, spec.cutout_size,
                             spec.shape, spec.normalisation)
         errors.extend(chunk.errors)
         if chunk.meta:
-            tables.append(_rows(chunk.meta, chunk.paths, _score(scorer, chunk.images),
+            tables.append(table_rows(chunk.meta, chunk.paths, _score(scorer, chunk.images),
                                 [m["edge"] for m in chunk.meta], spec.threshold, None))
     return Part(len(files), stack_tables(tables), errors)
 
@@ -145,7 +145,7 @@ def score_rows(bounds: tuple[int, int], spec: Spec) -> Part:
     scorer = _worker_scorer(spec)
     cube = _worker_cube(spec)
     tab = cube.table
-    names = [n for n in (*_SOURCE.values(), "source_file") if n in tab.colnames]
+    names = [n for n in (*SOURCE_COLUMNS.values(), "source_file") if n in tab.colnames]
     _, ch, cw = cube.image_shape
     tables = []
     for rows, images in cube.iter_batches(spec.batch_size, np.arange(*bounds)):
@@ -161,7 +161,7 @@ def score_rows(bounds: tuple[int, int], spec: Spec) -> Part:
         edge = (np.asarray(sub["edge"], dtype=bool) if "edge" in sub.colnames
                 else np.zeros(len(rows), dtype=bool))
         labels = np.asarray(sub["label"], dtype=np.int64) if spec.labelled else None
-        tables.append(_rows(meta, filenames, probs, edge, spec.threshold, labels))
+        tables.append(table_rows(meta, filenames, probs, edge, spec.threshold, labels))
     return Part(bounds[1] - bounds[0], stack_tables(tables))
 
 

@@ -34,15 +34,10 @@ from astropy.table import Table
 from otrain.datacube import Datacube, open_datacube
 from otrain.errors import OtrainError
 from otrain.inference_alerts import is_alert_source, iter_alert_scores
-from otrain.inference_stream import (
-    ORIGINAL_COLUMNS,
-    TABLE_COLUMNS,
-    InferReport,
-    iter_cutout_scores,
-    iter_datacube_scores,
-)
+from otrain.inference_stream import iter_cutout_scores, iter_datacube_scores
 from otrain.modelfile import LoadedModel, load_model
 from otrain.outputs import atomic_output, check_writable
+from otrain.scoring import ORIGINAL_COLUMNS, TABLE_COLUMNS, InferReport
 
 __all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "ORIGINAL_COLUMNS", "TABLE_COLUMNS", "InferReport",
            "InferResult", "default_output", "infer", "iter_cutout_scores",

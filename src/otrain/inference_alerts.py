@@ -25,9 +25,9 @@ from astropy.table import Table
 
 from otrain.alerts import AlertReport, iter_alert_batches
 from otrain.errors import OtrainError
-from otrain.inference_stream import InferReport
 from otrain.modelfile import LoadedModel, predict_proba
 from otrain.progress import Progress
+from otrain.scoring import InferReport
 
 #: File endings of alert packets.
 ALERT_SUFFIXES = (".avro", ".parquet", ".pq")
