@@ -225,6 +225,31 @@ def test_cosine_schedule_resumes_exactly(cube: Path, tmp_path: Path,
         TrainConfig(lr_schedule="step").validate()
 
 
+def test_init_from_starts_at_the_given_weights(cube: Path, tmp_path: Path) -> None:
+    base = train(cube, tmp_path, "base", TrainConfig(epochs=2, seed=4, **FAST), quiet=True)
+    # a learning rate of ~0 leaves the starting weights in place: they must be base's
+    tuned = train(cube, tmp_path, "tuned", TrainConfig(epochs=1, seed=9, lr=1e-20,
+                                                       init_from=str(base.model_file), **FAST),
+                  quiet=True)
+    a, b = _weights(base.model_file), _weights(tuned.model_file)
+    assert all(torch.allclose(a[k], b[k], atol=1e-12) for k in a)
+    meta = load_model(tuned.model_file).meta["training"]["config"]
+    assert meta["init_from"] == str(base.model_file)
+    fresh = train(cube, tmp_path, "fresh", TrainConfig(epochs=1, seed=9, lr=1e-20, **FAST),
+                  quiet=True)
+    assert not _same(a, _weights(fresh.model_file))
+    with pytest.raises(OtrainError, match="'otrain' network, not the 'vgg6'"):
+        train(cube, tmp_path, "x", TrainConfig(epochs=1, arch="vgg6",
+                                               init_from=str(base.model_file)), quiet=True)
+    other = make_cube(tmp_path / "big.h5", n=60, size=20)
+    with pytest.raises(OtrainError, match="20x20"):
+        train(other, tmp_path, "y", TrainConfig(epochs=1, init_from=str(base.model_file)),
+              quiet=True)
+    proc = run_cli("otrain-train", "--cube", str(cube), "--model-path", str(tmp_path),
+                   "--model-name", "z", "--init-from", str(tmp_path / "missing.safetensors"))
+    assert_clean_error(proc, "missing.safetensors")
+
+
 def test_refusals(cube: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, **FAST)
     train(cube, tmp_path, "m", cfg, quiet=True)

@@ -64,6 +64,7 @@ from otrain import distributed
 from otrain.datacube import Datacube, open_datacube
 from otrain.distributed import DistContext
 from otrain.errors import OtrainError
+from otrain.modelfile import load_model
 from otrain.models import build_model, count_parameters
 from otrain.normalise import resolve_method
 from otrain.progress import Progress, info
@@ -249,6 +250,8 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     c, h, w = cube.image_shape
     torch.manual_seed(config.seed)
     net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
+    if config.init_from and not config.resume:
+        _start_from(net, config, cube)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     y_train = y_all[split.train]
     class_w = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
@@ -276,6 +279,17 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
          f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
     return _State(split, y_all, source, net, opt, class_w, 8 if h == w else 4, history, start,
                   best_epoch, best_loss, bad, best_state)
+
+
+def _start_from(net: nn.Module, config: TrainConfig, cube: Datacube) -> None:
+    """Copy the weights of the model file ``config.init_from`` into ``net`` (fine-tuning)."""
+    source = load_model(config.init_from, "cpu")
+    source.check_input(cube.channels, cube.image_shape[1:])
+    if source.meta["architecture"] != config.arch:
+        raise OtrainError(f"holds a '{source.meta['architecture']}' network, not the "
+                          f"'{config.arch}' asked for (pass --arch "
+                          f"{source.meta['architecture']})", config.init_from)
+    net.load_state_dict(source.model.state_dict())
 
 
 def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistContext,

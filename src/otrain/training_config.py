@@ -48,6 +48,9 @@ class TrainConfig:
     class_weights: bool = True
     #: Stop after this many epochs without a lower validation loss (None: never).
     patience: int | None = 5
+    #: Model file whose weights start the training (fine-tuning); same network, channels and
+    #: input size as this cube needs. None: fresh weights from ``seed``.
+    init_from: str | None = None
     #: Table column whose values never straddle two parts of the split (e.g. ``objectId``).
     group_by: str | None = None
     #: ``"auto"``, ``"cpu"`` or ``"cuda"``.

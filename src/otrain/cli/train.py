@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-cutout scaling, repeated at inference; auto = l2 for alert "
                              "and multi-channel cubes, zscore otherwise; 'none' = raw pixels as "
                              f"the original O'TRAIN (default: {d.normalise})")
+    parser.add_argument("--init-from", default=None, metavar="MODEL",
+                        help="start from the weights of this model file (fine-tuning: same "
+                             "--arch, channels and cutout size) instead of random ones")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="do not randomly flip and rotate training cutouts")
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
@@ -111,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, threshold=args.threshold, patience=args.patience or None,
         device=args.device, resume=args.resume, workers=args.workers, nproc=args.nproc,
+        init_from=args.init_from,
         **fixed,
     )
     result = train(args.cube, args.model_path, args.model_name, config,
