@@ -49,7 +49,6 @@ from otrain.distributed_worker import (
     score_alert_files,
     score_files,
     score_rows,
-    stack_tables,
 )
 from otrain.errors import OtrainError
 from otrain.inference import InferResult, default_output, is_datacube_path, output_format
@@ -66,6 +65,7 @@ from otrain.scoring import (
     check_settings,
     model_channels,
     skip,
+    stack_tables,
 )
 
 __all__ = ["dask_infer", "infer_distributed", "iter_distributed_scores",

@@ -28,7 +28,7 @@ from otrain.errors import OtrainError
 from otrain.inference_alerts import iter_alert_scores, skipped_alerts
 from otrain.modelfile import LoadedModel, load_model
 from otrain.normalise import normalise
-from otrain.scoring import SOURCE_COLUMNS, Scorer, read_chunk, table_rows
+from otrain.scoring import SOURCE_COLUMNS, Scorer, read_chunk, stack_tables, table_rows
 
 
 @dataclass(frozen=True)
@@ -114,16 +114,6 @@ def _score(scorer: Any, images: np.ndarray) -> np.ndarray:
     if images.shape[0] == 1:
         return scorer(np.concatenate([images, images]))[:1]
     return scorer(images)
-
-
-def stack_tables(tables: list[Table]) -> Table | None:
-    if not tables:
-        return None
-    if len(tables) == 1:
-        return tables[0]
-    names = tables[0].colnames
-    return Table({n: np.concatenate([np.asarray(t[n]) for t in tables]) for n in names},
-                 names=names)
 
 
 def score_files(files: Sequence[str], spec: Spec) -> Part:

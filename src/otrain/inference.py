@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from astropy.table import Table
 
 from otrain.datacube import Datacube, open_datacube
@@ -37,7 +36,7 @@ from otrain.inference_alerts import is_alert_source, iter_alert_scores
 from otrain.inference_stream import iter_cutout_scores, iter_datacube_scores
 from otrain.modelfile import LoadedModel, load_model
 from otrain.outputs import atomic_output, check_writable
-from otrain.scoring import ORIGINAL_COLUMNS, TABLE_COLUMNS, InferReport
+from otrain.scoring import ORIGINAL_COLUMNS, TABLE_COLUMNS, InferReport, stack_tables
 
 __all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "ORIGINAL_COLUMNS", "TABLE_COLUMNS", "InferReport",
            "InferResult", "default_output", "infer", "iter_cutout_scores",
@@ -59,9 +58,10 @@ class InferResult:
 
 
 def _collect(tables: Iterator[Table]) -> Table:
-    parts = list(tables)
-    names = parts[0].colnames
-    return Table({n: np.concatenate([np.asarray(t[n]) for t in parts]) for n in names}, names=names)
+    """The batches as one table (the iterators raise rather than yield nothing)."""
+    table = stack_tables(list(tables))
+    assert table is not None
+    return table
 
 
 def score_cutouts(

@@ -23,7 +23,7 @@ from otrain.normalise import normalise
 
 __all__ = ["FORWARD_CHUNK", "ORIGINAL_COLUMNS", "SOURCE_COLUMNS", "TABLE_COLUMNS", "Chunk",
            "InferReport", "Scorer", "account", "all_failed", "check_settings", "model_channels",
-           "read_chunk", "skip", "table_rows"]
+           "read_chunk", "skip", "stack_tables", "table_rows"]
 
 #: Output columns of the original ``otrain-infer``, in order; ``edge``/``class``/``label`` follow.
 ORIGINAL_COLUMNS = ("filename", "RA", "Dec", "originalFile", "Xpos", "Ypos", "mag", "magerr",
@@ -216,3 +216,14 @@ def check_settings(batch_size: int, threshold: float | None) -> None:
 def all_failed(report: InferReport, what: str) -> OtrainError:
     path, reason = report.skipped[0]
     return OtrainError(f"{what} could be read; the first, {path}: {reason}")
+
+
+def stack_tables(tables: Sequence[Table]) -> Table | None:
+    """The batches of a scores table as one table (None when there is none)."""
+    if not tables:
+        return None
+    if len(tables) == 1:
+        return tables[0]
+    names = tables[0].colnames
+    return Table({n: np.concatenate([np.asarray(t[n]) for t in tables]) for n in names},
+                 names=names)
