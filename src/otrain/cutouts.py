@@ -52,7 +52,8 @@ _FALLBACKS = {"CANDID": ("NAME",), "MAG": ("MAG_CALIB",)}
 _FLOAT_KEYS = {"MAG": "mag", "MAGERR": "magerr", "FWHM": "fwhm", "RA": "ra", "DEC": "dec",
                "XPOS": "xpos", "YPOS": "ypos", "FWHMPSF": "fwhmpsf"}
 _STR_KEYS = {"CANDID": "candid", "FILTER": "filter", "FILE": "file"}
-_MAG_SENTINELS = (99.0, -99.0)
+#: Magnitude sentinels of the original O'TRAIN / gmadet files, read as missing.
+MAG_SENTINELS = (99.0, -99.0)
 #: Table columns a cutout contributes, in order.
 META_COLUMNS = ("candid", "mag", "magerr", "filter", "fwhm", "ra", "dec", "file", "xpos", "ypos",
                 "fwhmpsf", "edge", "n_nonfinite", "source_file")
@@ -277,7 +278,7 @@ def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path) 
         value = _lookup(header, key)
         meta[col] = "" if value is None else str(value).strip()
     for key, col in _FLOAT_KEYS.items():
-        meta[col] = _to_float(_lookup(header, key), sentinel=key in ("MAG", "MAGERR"))
+        meta[col] = header_float(_lookup(header, key), sentinel=key in ("MAG", "MAGERR"))
     edge_value = _lookup(header, "EDGE")
     edge = None if edge_value is None else parse_edge(edge_value)
     if edge_value is not None and edge is None:
@@ -286,12 +287,13 @@ def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path) 
     return meta
 
 
-def _to_float(value: Any, sentinel: bool) -> float:
+def header_float(value: Any, sentinel: bool) -> float:
+    """``value`` as a float; NaN when it is not a number or (``sentinel``) a 99/-99 magnitude."""
     try:
         out = float(value)
     except (TypeError, ValueError):
         return float("nan")
-    if sentinel and out in _MAG_SENTINELS:
+    if sentinel and out in MAG_SENTINELS:
         return float("nan")
     return out
 

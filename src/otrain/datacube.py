@@ -15,7 +15,8 @@ Images are read lazily (only the slices asked for), so a cube larger than memory
 on and scored; the table is small and read whole.
 
 The original O'TRAIN ``.npz`` cubes (``cube`` N,H,W,C; ``labels`` as ints or one-hot; ``mags``,
-``errmags``, ``filters``, ``fwhms``, ``candids``) open transparently with :func:`open_datacube`.
+``errmags``, ``filters``, ``fwhms``, ``candids``) open transparently with :func:`open_datacube`
+(read by :mod:`otrain.datacube_npz`).
 
 Labels: 1 = real ("true/"), 0 = bogus ("false/"), -1 = unknown (cutouts to be scored).
 Missing numbers are NaN; the old magnitude sentinels ``99``/``-99`` read from ``.npz`` become NaN.
@@ -42,8 +43,6 @@ FORMAT_VERSION = 1
 REAL, BOGUS, UNKNOWN = 1, 0, -1
 #: Target size of one image chunk on disk, in bytes.
 _CHUNK_BYTES = 1 << 20
-#: Magnitude sentinels of the original O'TRAIN / gmadet files, read as missing.
-_MAG_SENTINELS = (99.0, -99.0)
 
 
 class Datacube:
@@ -227,6 +226,8 @@ def open_datacube(path: str | Path) -> Datacube:
     if path.is_dir():
         raise OtrainError("is a folder, expected a datacube file (.h5 or .npz)", path)
     if path.suffix == ".npz":
+        from otrain.datacube_npz import load_npz  # imports Datacube from here
+
         return load_npz(path)
     try:
         handle = h5py.File(path, "r")
@@ -256,74 +257,6 @@ def _read_table(group: h5py.Group) -> Table:
         else:
             cols[name] = ds[()]
     return Table(cols, names=order) if order else Table()
-
-
-def load_npz(path: str | Path) -> Datacube:
-    """Read a datacube in the original O'TRAIN ``.npz`` layout.
-
-    Accepts the training cube of ``otrain-convert`` (integer labels) and the validation cube of
-    ``otrain-train`` (one-hot labels, no ``filters``/``fwhms``). Images move from ``(N, H, W, C)``
-    to ``(N, C, H, W)``.
-
-    Parameters
-    ----------
-    path : str or Path
-        The ``.npz`` file.
-
-    Returns
-    -------
-    Datacube
-        In memory.
-    """
-    path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise OtrainError(f"not a readable .npz file ({exc.__class__.__name__})", path) from None
-    with data:
-        if "cube" not in data or "labels" not in data:
-            raise OtrainError("not an O'TRAIN datacube: needs the keys 'cube' and 'labels'", path)
-        cube = np.asarray(data["cube"], dtype=np.float32)
-        if cube.ndim == 3:
-            cube = cube[..., None]
-        if cube.ndim != 4:
-            raise OtrainError(f"'cube' must be (N, H, W, C), got shape {cube.shape}", path)
-        images = np.ascontiguousarray(np.moveaxis(cube, -1, 1))
-        n = images.shape[0]
-        labels = np.asarray(data["labels"])
-        if labels.ndim == 2:  # one-hot, as in cube_validation.npz
-            labels = np.argmax(labels, axis=1)
-        labels = labels.astype(np.int64)
-        if labels.shape != (n,):
-            raise OtrainError(f"'labels' has {labels.shape[0]} entries for {n} cutouts", path)
-        cols: dict[str, np.ndarray] = {}
-        cands = data["candids"] if "candids" in data else None
-        if cands is None or len(cands) != n:
-            # The original MEF fallback could make candids longer than the cube: unusable.
-            cols["candid"] = np.array([f"{path.stem}_{i}" for i in range(n)])
-        else:
-            cols["candid"] = np.asarray(cands).astype(str)
-        cols["label"] = labels
-        for key, col in (("mags", "mag"), ("errmags", "magerr"), ("fwhms", "fwhm")):
-            if key in data and len(data[key]) == n:
-                cols[col] = _as_float(data[key], sentinel=col != "fwhm")
-        if "filters" in data and len(data["filters"]) == n:
-            cols["filter"] = np.asarray(data["filters"]).astype(str)
-    channels = ["diff"] if images.shape[1] == 1 else [f"ch{i}" for i in range(images.shape[1])]
-    return Datacube(images, Table(cols), channels, {"source": str(path), "format": "otrain-npz"},
-                    path=path)
-
-
-def _as_float(values: np.ndarray, sentinel: bool) -> np.ndarray:
-    out = np.full(len(values), np.nan)
-    for i, v in enumerate(np.asarray(values).astype(str)):
-        try:
-            out[i] = float(v)
-        except ValueError:
-            continue
-    if sentinel:
-        out[np.isin(out, _MAG_SENTINELS)] = np.nan
-    return out
 
 
 # ------------------------------------------------------------------------------------------
