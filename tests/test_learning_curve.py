@@ -122,3 +122,32 @@ def test_cli_lean_run_and_bad_input(cube: Path, tmp_path: Path) -> None:
                    "--n_sections", "0")
     assert proc.returncode == 2
     assert_clean_error(proc, "--n_sections must be at least 1")
+
+
+def test_group_by_keeps_objects_out_of_the_test_set(tmp_path: Path) -> None:
+    """Every object has 4 alerts: none of them may be both held out and trained on."""
+    rng = np.random.default_rng(5)
+    n = 160
+    labels = np.repeat(np.arange(n // 4) % 5 < 2, 4).astype(np.int64)
+    images, labels = blob_cutouts(n, rng, SIZE, centre=(7.5, 7.5), amplitude=6.0, spread=4.0,
+                                  labels=labels)
+    objects = np.repeat([f"ZTF{i:04d}" for i in range(n // 4)], 4)
+    cube = write_datacube(tmp_path / "alerts.h5", images, {
+        "candid": np.array([f"c{i:04d}" for i in range(n)]), "label": labels,
+        "objectId": objects}, ["diff"])
+    config = LearningCurveConfig(epochs=1, n_sections=2, repeats=1, seed=2, arch="vgg6",
+                                 batch_size=32, group_by="objectId")
+    res = learning_curve(cube, tmp_path / "models", "g", tmp_path / "lc", config, quiet=True)
+    grouped = split_indices(labels, 0.15, 0.15, 2, objects)
+    assert {r["test_hash"] for r in res.rows} == {
+        candid_hash(np.array([f"c{i:04d}" for i in range(n)])[grouped.test])}
+    test_objects = set(objects[grouped.test])
+    for row in res.rows:
+        model_file = Path(row["model_file"])
+        assert read_metadata(model_file)["training"]["group_by"] == "objectId"
+        with open_datacube(model_file.parent / "validation_set/datacube/cube_validation.h5") as v:
+            assert not set(np.asarray(v.table["objectId"]).astype(str)) & test_objects
+    proc = run_cli("otrain-optimise-dataset-size", "--cube", str(cube), "--model-path",
+                   str(tmp_path / "m"), "--model-name", "bad", "--outdir", str(tmp_path / "o"),
+                   "--group-by", "fieldId")
+    assert_clean_error(proc, "alerts.h5", "no column 'fieldId' to group by")

@@ -7,6 +7,7 @@ import argparse
 from otrain.cli.common import add_device, add_overwrite
 from otrain.evaluation.learning_curve import LearningCurveConfig, learning_curve
 from otrain.models import available_architectures
+from otrain.normalise import TRAIN_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {d.seed})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help=f"cutouts per step (default: {d.batch_size})")
+    parser.add_argument("--lr", type=float, default=d.lr,
+                        help=f"Adam learning rate (default: {d.lr})")
+    parser.add_argument("--normalise", choices=TRAIN_METHODS, default=d.normalise,
+                        help="per-cutout scaling (as otrain-train; default: "
+                             f"{d.normalise})")
+    parser.add_argument("--group-by", default=None, metavar="COLUMN",
+                        help="table column (e.g. objectId) whose values never straddle the "
+                             "test set and the pool, nor a run's train/validation split")
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="early-stopping patience in epochs; 0 never stops early "
                              f"(default: {d.patience})")
@@ -60,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     config = LearningCurveConfig(
         epochs=args.epochs, n_sections=args.n_sections, repeats=args.repeats,
         dropout=args.dropout, seed=args.seed, test_frac=args.test_frac, val_frac=args.val_frac,
-        arch=args.arch, threshold=args.threshold, batch_size=args.batch_size,
-        patience=args.patience or None, device=args.device, lean=args.lean)
+        arch=args.arch, threshold=args.threshold, batch_size=args.batch_size, lr=args.lr,
+        normalise=args.normalise, patience=args.patience or None, device=args.device,
+        lean=args.lean, group_by=args.group_by)
     result = learning_curve(args.cube, args.model_path, args.model_name, args.outdir, config,
                             overwrite=args.overwrite, quiet=args.quiet)
     if not args.quiet:

@@ -10,6 +10,9 @@ subset of the pool is trained on with :func:`otrain.training.train` (its own val
 subsets of one repeat are nested (each size adds cutouts to the previous one), keeping the class
 ratio of the pool.
 
+``group_by`` (e.g. ``objectId`` for alerts) keeps the rows sharing a value together: the test set
+and the pool have no group in common, nor has a run's training and validation split.
+
 ``repeats`` defaults to 3 so that every size has an error bar (standard deviation over the
 repeats); ``repeats=1`` is the original single run per size.
 
@@ -77,6 +80,9 @@ class LearningCurveConfig:
     patience: int | None = 5
     normalise: str = "auto"
     device: str = "auto"
+    #: Table column whose values are kept together (test set, and each run's validation
+    #: split), e.g. ``objectId`` for alerts: no object is both trained on and scored.
+    group_by: str | None = None
     #: Delete each run's checkpoint.pt and validation cube after scoring it.
     lean: bool = False
 
@@ -96,7 +102,22 @@ class LearningCurveConfig:
         return TrainConfig(epochs=self.epochs, val_frac=self.val_frac, test_frac=0.0,
                            dropout=self.dropout, threshold=self.threshold, seed=seed,
                            batch_size=self.batch_size, lr=self.lr, arch=self.arch,
-                           normalise=self.normalise, patience=self.patience, device=self.device)
+                           normalise=self.normalise, patience=self.patience, device=self.device,
+                           group_by=self.group_by)
+
+
+def _groups(cube: Any, column: str | None) -> np.ndarray | None:
+    """The ``column`` of the cube's table (None without grouping), checked to exist."""
+    if column is None:
+        return None
+    if column not in cube.table.colnames:
+        raise OtrainError(f"no column '{column}' to group by; the table has "
+                          f"{', '.join(cube.table.colnames)}", cube.path)
+    return np.asarray(cube.table[column])
+
+
+def _part(groups: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if groups is None else groups[rows]
 
 
 def dataset_sizes(n_pool: int, n_sections: int) -> list[int]:
@@ -277,7 +298,8 @@ def learning_curve(cube_path: str | Path, model_path: str | Path, model_name: st
         check_writable(path, overwrite)
     with open_datacube(cube_path) as cube:
         labels = cube.labels
-        split = split_indices(labels, config.val_frac, config.test_frac, config.seed)
+        groups = _groups(cube, config.group_by)
+        split = split_indices(labels, config.val_frac, config.test_frac, config.seed, groups)
         test, pool = split.test, np.sort(np.concatenate([split.train, split.val]))
         candids = np.asarray(cube.table["candid"]).astype(str)
         test_hash = candid_hash(candids[test])
@@ -288,7 +310,7 @@ def learning_curve(cube_path: str | Path, model_path: str | Path, model_name: st
                 for i, size in enumerate(sizes) for r in range(config.repeats)]
         for size, _, seed, rows, name in runs:  # fail before any training
             try:
-                sub = split_indices(labels[rows], config.val_frac, 0.0, seed)
+                sub = split_indices(labels[rows], config.val_frac, 0.0, seed, _part(groups, rows))
             except OtrainError as exc:
                 raise OtrainError(f"{size} cutouts are too few to train on ({exc.reason}); use "
                                   "fewer --n_sections or a larger cube", cube_path) from None
@@ -316,7 +338,7 @@ def learning_curve(cube_path: str | Path, model_path: str | Path, model_name: st
                 res = train(sub_path, model_path, name, config.train_config(seed),
                             overwrite=overwrite, quiet=True)
                 sub_path.unlink()
-                sub = split_indices(labels[rows], config.val_frac, 0.0, seed)
+                sub = split_indices(labels[rows], config.val_frac, 0.0, seed, _part(groups, rows))
                 train_rows = rows[sub.train]
                 if train_rows.size != res.metrics["sizes"]["train"]["n"]:
                     raise OtrainError("internal error: training split differs from otrain.train")
