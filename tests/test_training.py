@@ -250,9 +250,12 @@ def test_init_from_starts_at_the_given_weights(cube: Path, tmp_path: Path) -> No
     assert_clean_error(proc, "missing.safetensors")
 
 
-def test_refusals(cube: Path, tmp_path: Path) -> None:
+def test_refusals(cube: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = TrainConfig(epochs=1, **FAST)
-    train(cube, tmp_path, "m", cfg, quiet=True)
+    train(cube, tmp_path, "m", cfg)
+    # 300 cutouts of 60 objects, not grouped: the user is told how to keep objects together
+    assert ("note: 240 cutouts share their objectId with another; --group-by objectId keeps"
+            in capsys.readouterr().out)
     with pytest.raises(OtrainError, match="already exists"):
         train(cube, tmp_path, "m", cfg, quiet=True)
     train(cube, tmp_path, "m", cfg, overwrite=True, quiet=True)
@@ -270,9 +273,11 @@ def test_refusals(cube: Path, tmp_path: Path) -> None:
         train(cube, tmp_path, "e", TrainConfig(epochs=0), quiet=True)
 
 
-def test_grouped_training_and_lazy_reading(cube: Path, tmp_path: Path) -> None:
+def test_grouped_training_and_lazy_reading(cube: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     cfg = TrainConfig(epochs=1, group_by="objectId", **FAST)
-    mem = train(cube, tmp_path, "mem", cfg, quiet=True)
+    mem = train(cube, tmp_path, "mem", cfg)
+    assert "--group-by objectId keeps" not in capsys.readouterr().out
     with open_datacube(mem.validation_cube) as val, open_datacube(mem.test_cube) as test:
         assert not set(val.table["objectId"]) & set(test.table["objectId"])
     lazy_cfg = TrainConfig(epochs=1, group_by="objectId", memory_limit_gb=0.0, **FAST)

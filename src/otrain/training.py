@@ -245,6 +245,11 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
             raise OtrainError(f"no column '{config.group_by}' to group by; the table has "
                               f"{', '.join(cube.table.colnames)}", cube.path)
         groups = np.asarray(cube.table[config.group_by])
+    elif "objectId" in cube.table.colnames:
+        repeated = len(cube) - np.unique(np.asarray(cube.table["objectId"])).size
+        if repeated:
+            info(f"note: {repeated} cutouts share their objectId with another; --group-by "
+                 "objectId keeps each object on one side of the split", quiet)
     y_all = cube.labels
     split = split_indices(y_all, config.val_frac, config.test_frac, config.seed, groups)
     c, h, w = cube.image_shape
