@@ -25,10 +25,7 @@ Writes ``benchmarks/results/ztf.json``. What it does:
    fink-broker's simulated stream of 2023-10-18). A model is trained on that night alone and
    tested on every other night and programme (Ampel, Fink tests, Kowalski, BOOM, 2019-2026),
    objects seen in training removed, as a proxy for "holds on alerts from other nights".
-5. Learning curve (:func:`otrain.evaluation.learning_curve.learning_curve`, grouped by
-   ``objectId``): the best triplet network trained on 1/4, 1/2, 3/4 and all of the pool and
-   scored on one held-out test set, 3 repeats per size: how much more labelled alerts would buy.
-6. Optional: ``--save-model DIR`` keeps a final model (the best triplet network, trained on
+5. Optional: ``--save-model DIR`` keeps a final model (the best triplet network, trained on
    every labelled shared alert); ``--external PATH...`` scores other ZTF alerts with it (any
    alert sharing a ``candid`` or ``objectId`` with the shared set removed) and records the
    same metrics: the check on public alerts never seen, when such alerts are at hand.
@@ -60,7 +57,6 @@ from otrain.alerts import LabelRule, read_alerts
 from otrain.convert import ConvertConfig
 from otrain.convert_alerts import convert_alerts
 from otrain.datacube import open_datacube, write_subset
-from otrain.evaluation.learning_curve import LearningCurveConfig, learning_curve
 from otrain.evaluation.metrics import binary_metrics
 from otrain.modelfile import load_model, predict_proba
 from otrain.training import TrainConfig, train
@@ -158,32 +154,6 @@ def night_holdout(cube_path: Path, tmp: Path, base: dict[str, Any],
     return out
 
 
-def ztf_learning_curve(cube_path: Path, tmp: Path, base: dict[str, Any], arch: str,
-                       repeats: int) -> dict[str, Any]:
-    """Test AUC against training-set size (otrain's learning curve, object-wise, 4 sizes)."""
-    config = LearningCurveConfig(
-        epochs=base["epochs"], patience=base["patience"], batch_size=base["batch_size"],
-        lr=base["lr"], normalise=base["normalise"], val_frac=base["val_frac"],
-        test_frac=base["test_frac"], group_by=base["group_by"], arch=arch, n_sections=4,
-        repeats=repeats, lean=True)
-    res = learning_curve(cube_path, tmp / "curve_models", "ztf", tmp / "curve", config,
-                         quiet=True)
-    sizes = []
-    for size in sorted({r["size"] for r in res.rows}):
-        rows = [r for r in res.rows if r["size"] == size]
-        auc = np.array([r["test_auc"] for r in rows], dtype=float)
-        sizes.append({"pool": size, "n_train": int(np.mean([r["n_train"] for r in rows])),
-                      "test_auc_mean": round(float(auc.mean()), 4),
-                      "test_auc_std": round(float(auc.std(ddof=1)) if auc.size > 1 else 0.0, 4),
-                      "runs": [round(float(a), 4) for a in auc]})
-        print(f"  learning curve: {size} alerts in the pool -> test AUC "
-              f"{sizes[-1]['test_auc_mean']:.3f}", flush=True)
-    first = res.rows[0]
-    return {"config": f"drb_0.5/triplet/{arch}", "n_test": int(first["n_test"]),
-            "test": "one object-wise test split (seed 0), the same for every run",
-            "repeats": repeats, "sizes": sizes}
-
-
 def final_model(cube_path: Path, tmp: Path, base: dict[str, Any], arch: str,
                 save: Path | None) -> Path:
     """Train the chosen recipe on every labelled shared alert (validation split only)."""
@@ -227,8 +197,7 @@ def main() -> None:
                         help="splits (and initial weights) per configuration")
     parser.add_argument("--reference-seeds", type=int, default=5,
                         help="splits of the zscore reference runs")
-    parser.add_argument("--curve-repeats", type=int, default=3,
-                        help="repeats per size of the learning curve (0 skips it)")
+
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--patience", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -251,7 +220,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs (a smoke run)")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.reference_seeds, args.epochs, args.curve_repeats = 1, 1, 3, 1
+        args.seeds, args.reference_seeds, args.epochs = 1, 1, 3
     torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
     archs = args.archs.split(",")
@@ -306,9 +275,6 @@ def main() -> None:
         results["night_holdout"] = night_holdout(cubes["drb_0.5", "triplet"], tmp,
                                                  {**base, "arch": best_arch}, seeds)
         results["night_holdout"]["config"] = f"drb_0.5/triplet/{best_arch}"
-        if args.curve_repeats:
-            results["learning_curve"] = ztf_learning_curve(
-                cubes["drb_0.5", "triplet"], tmp, base, best_arch, args.curve_repeats)
         if args.external or args.save_model:
             model_file = final_model(cubes["drb_0.5", "triplet"], tmp,
                                      {**base, "arch": best_arch}, best_arch, args.save_model)
