@@ -49,6 +49,22 @@ class Split:
         return {name: int(getattr(self, name).size) for name in SPLIT_NAMES}
 
 
+def group_values(cube: Datacube, column: str | None) -> np.ndarray | None:
+    """The table column ``column`` of ``cube`` (None when not grouping), for ``groups``.
+
+    Raises
+    ------
+    OtrainError
+        If the table has no such column.
+    """
+    if not column:
+        return None
+    if column not in cube.table.colnames:
+        raise OtrainError(f"no column '{column}' to group by; the table has "
+                          f"{', '.join(cube.table.colnames)}", cube.path)
+    return np.asarray(cube.table[column])
+
+
 def _check_fracs(val_frac: float, test_frac: float) -> None:
     if not 0.0 < val_frac < 1.0:
         raise OtrainError(f"validation fraction must be in (0, 1), got {val_frac}")

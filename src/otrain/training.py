@@ -74,6 +74,7 @@ from otrain.splits import (
     SplitImages,
     epoch_plan,
     epoch_torch_seed,
+    group_values,
     split_indices,
 )
 from otrain.training_config import TrainConfig, epoch_lr
@@ -239,13 +240,8 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
 def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
              dev: torch.device, quiet: bool) -> _State:
     """Split, network, optimizer, images, and the state of the checkpoint when resuming."""
-    groups = None
-    if config.group_by:
-        if config.group_by not in cube.table.colnames:
-            raise OtrainError(f"no column '{config.group_by}' to group by; the table has "
-                              f"{', '.join(cube.table.colnames)}", cube.path)
-        groups = np.asarray(cube.table[config.group_by])
-    elif "objectId" in cube.table.colnames:
+    groups = group_values(cube, config.group_by)
+    if groups is None and "objectId" in cube.table.colnames:
         repeated = len(cube) - np.unique(np.asarray(cube.table["objectId"])).size
         if repeated:
             info(f"note: {repeated} cutouts share their objectId with another; --group-by "

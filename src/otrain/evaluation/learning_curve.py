@@ -50,7 +50,7 @@ from otrain.evaluation.metrics import binary_metrics
 from otrain.modelfile import load_model, predict_proba
 from otrain.outputs import atomic_output, check_writable, write_text_atomic
 from otrain.progress import info
-from otrain.splits import split_indices
+from otrain.splits import group_values, split_indices
 from otrain.training import TrainConfig, train
 
 SCORES = ("mcc", "f1", "auc", "accuracy")
@@ -104,16 +104,6 @@ class LearningCurveConfig:
                            batch_size=self.batch_size, lr=self.lr, arch=self.arch,
                            normalise=self.normalise, patience=self.patience, device=self.device,
                            group_by=self.group_by)
-
-
-def _groups(cube: Any, column: str | None) -> np.ndarray | None:
-    """The ``column`` of the cube's table (None without grouping), checked to exist."""
-    if column is None:
-        return None
-    if column not in cube.table.colnames:
-        raise OtrainError(f"no column '{column}' to group by; the table has "
-                          f"{', '.join(cube.table.colnames)}", cube.path)
-    return np.asarray(cube.table[column])
 
 
 def _part(groups: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
@@ -298,7 +288,7 @@ def learning_curve(cube_path: str | Path, model_path: str | Path, model_name: st
         check_writable(path, overwrite)
     with open_datacube(cube_path) as cube:
         labels = cube.labels
-        groups = _groups(cube, config.group_by)
+        groups = group_values(cube, config.group_by)
         split = split_indices(labels, config.val_frac, config.test_frac, config.seed, groups)
         test, pool = split.test, np.sort(np.concatenate([split.train, split.val]))
         candids = np.asarray(cube.table["candid"]).astype(str)
