@@ -41,7 +41,7 @@ def make_files(root: Path, n: int, size: int) -> None:
 
 
 def one_run(cutouts: str, workers: int, out: str) -> dict:
-    from otrain.convert import ConvertConfig, convert_cutouts
+    from otrain.convert.folders import ConvertConfig, convert_cutouts
 
     start = time.perf_counter()
     report = convert_cutouts(cutouts, out, ConvertConfig(workers=workers), quiet=True)
@@ -75,8 +75,8 @@ def original_style(cutouts: Path, limit: int) -> dict:
 
 
 def where_time_goes(cutouts: Path, limit: int = 2000) -> dict:
-    from otrain.cutouts import TRAINING_KEYWORDS, read_cutout
-    from otrain.fitsfile import parse_hdus, read_bytes
+    from otrain.cutouts.fitsfile import parse_hdus, read_bytes
+    from otrain.cutouts.reading import TRAINING_KEYWORDS, read_cutout
 
     files = sorted((cutouts / "true").glob("*.fits"))[:limit]
     out = {}

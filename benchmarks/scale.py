@@ -4,7 +4,7 @@ Writes ``benchmarks/results/scale.json`` with:
 
 (a) ``files``: ``otrain-infer`` on ``--n-files`` (20,000) single-HDU 32x32 FITS cutouts in a
     temporary folder: the single-process path (:func:`otrain.inference.infer`, its own reading
-    processes and threads) and :func:`otrain.distributed_inference.infer_distributed` on a
+    processes and threads) and :func:`otrain.inference.dask.client.infer_distributed` on a
     LocalCluster of 1 and 2 single-threaded worker processes (cluster start-up timed apart;
     the run includes each worker loading the model once). Throughput, scaling efficiency
     (speed-up / workers), peak RSS of each worker and of the client.
@@ -66,8 +66,8 @@ def _peak_rss_mb() -> float:
 def _model(path: Path, size: int) -> Path:
     import torch
 
-    from otrain.modelfile import save_model
-    from otrain.models import build_model
+    from otrain.models.modelfile import save_model
+    from otrain.models.networks import build_model
 
     torch.manual_seed(0)
     return save_model(path, build_model("otrain", 1, size, 0.0),
@@ -100,7 +100,7 @@ def write_files(root: Path, n: int, size: int = 32) -> None:
 
 def write_stream_cube(path: Path, n: int, size: int, batch: int = 50_000) -> Path:
     """An HDF5 cube of ``n`` cutouts written ``batch`` at a time (never all in memory)."""
-    from otrain.datacube import DatacubeWriter
+    from otrain.datacube.hdf5 import DatacubeWriter
 
     rng = np.random.default_rng(1)
     with DatacubeWriter(path, (1, size, size), ["diff"]) as writer:
@@ -113,14 +113,14 @@ def write_stream_cube(path: Path, n: int, size: int, batch: int = 50_000) -> Pat
 
 
 def _import_otrain() -> None:
-    import otrain.distributed_worker  # noqa: F401 - torch and otrain, as a first task would
+    import otrain.inference.dask.worker  # noqa: F401 - torch and otrain, as a first task would
 
 
 def measure_dask(source: str, model: str, out: str, workers: int, chunk_size: int
                  ) -> dict[str, Any]:
     """:func:`infer_distributed` on a new LocalCluster (run in a fresh process)."""
-    from otrain.dask_cluster import dask_client
-    from otrain.distributed_inference import infer_distributed
+    from otrain.cluster import dask_client
+    from otrain.inference.dask.client import infer_distributed
 
     load_before, t = _load(), time.perf_counter()
     with dask_client("local", workers, quiet=True) as client:
@@ -145,7 +145,7 @@ def measure_dask(source: str, model: str, out: str, workers: int, chunk_size: in
 
 def measure_single(source: str, model: str, out: str) -> dict[str, Any]:
     """The single-process :func:`otrain.inference.infer` (run in a fresh process)."""
-    from otrain.inference import infer
+    from otrain.inference.core import infer
 
     load_before, t = _load(), time.perf_counter()
     res = infer(source, model, out, quiet=True, overwrite=True)

@@ -55,7 +55,7 @@ def synthetic_cube(path: Path, n: int = 20_000, size: int = 32, seed: int = 0) -
     Path
         ``path``.
     """
-    from otrain.datacube import write_datacube
+    from otrain.datacube.hdf5 import write_datacube
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
@@ -127,7 +127,8 @@ def bench_training(n: int = 20_000, size: int = 32, epochs: int = 1, batch_size:
         (no test set), the load average before and after, and ``speedup`` of each layout
         against the first.
     """
-    from otrain.training import TrainConfig, train
+    from otrain.training.config import TrainConfig
+    from otrain.training.loop import train
 
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir else Path(stack.enter_context(

@@ -7,7 +7,7 @@ Writes ``benchmarks/results/train_infer.json`` with:
     reference run);
 (b) ``otrain-infer`` end to end (:func:`otrain.inference.infer`: read 20,000 single-HDU FITS
     files, normalise, score, write ``infer_results.dat``), cutouts/s;
-(c) the network alone on in-memory arrays: :func:`otrain.modelfile.predict_proba` (batch 512,
+(c) the network alone on in-memory arrays: :func:`otrain.models.modelfile.predict_proba` (batch 512,
     normalisation included), and the optimised forward pass used by inference;
 (d) FLOPs per cutout (:func:`otrain.models.count_flops`) and the achieved FLOP/s, next to the
     best of a few 4096x4096 float32 matrix products in torch (the machine's compute limit).
@@ -98,7 +98,8 @@ def _cpu_seconds() -> float:
 
 
 def part_train(cube: str, out: str, epochs: int) -> dict:
-    from otrain.training import TrainConfig, train
+    from otrain.training.config import TrainConfig
+    from otrain.training.loop import train
 
     config = TrainConfig(epochs=epochs, val_frac=0.15, test_frac=0.0, patience=None,
                          device="cpu", workers=0)
@@ -115,8 +116,8 @@ def part_train(cube: str, out: str, epochs: int) -> dict:
 
 def part_infer(folder: str, model: str, out: str, workers: int) -> dict:
     import otrain.cli.infer  # noqa: F401 - sets OMP_WAIT_POLICY before torch, as otrain-infer
-    from otrain.inference import infer
-    from otrain.inference_stream import plan_threads
+    from otrain.inference.core import infer
+    from otrain.inference.stream import plan_threads
 
     cpu0, start = _cpu_seconds(), time.perf_counter()
     result = infer(folder, model, out, workers=workers, quiet=True, overwrite=True)
@@ -133,11 +134,11 @@ def part_model(cube: str, model: str, n: int) -> dict:
     """Network alone, at 1 thread and at all cores, each next to a matmul at the same count."""
     import torch
 
-    from otrain.datacube import open_datacube
-    from otrain.modelfile import load_model, predict_proba
-    from otrain.models import count_flops
-    from otrain.normalise import normalise
-    from otrain.scoring import Scorer
+    from otrain.datacube.hdf5 import open_datacube
+    from otrain.inference.scoring import Scorer
+    from otrain.models.modelfile import load_model, predict_proba
+    from otrain.models.networks import count_flops
+    from otrain.models.normalise import normalise
 
     with open_datacube(cube) as c:
         images = c.read(slice(0, n))
@@ -211,7 +212,7 @@ def main() -> None:
                 "model": lambda: part_model(rest[0], rest[1], int(rest[2]))}[name]
         print(json.dumps(func()))
         return
-    from otrain.datacube import write_datacube
+    from otrain.datacube.hdf5 import write_datacube
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -261,7 +262,7 @@ def main() -> None:
                   "infer_end_to_end: infer() with OMP_WAIT_POLICY=PASSIVE as otrain-infer; "
                   "infer_cli_wall also counts process start and imports",
                   "optimised_forward: the forward pass otrain-infer uses (frozen TorchScript, "
-                  "oneDNN); predict_proba: otrain.modelfile.predict_proba (eager)",
+                  "oneDNN); predict_proba: otrain.models.modelfile.predict_proba (eager)",
                   "train epoch seconds: otrain.training history (training + validation pass)"],
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

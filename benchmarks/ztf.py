@@ -4,7 +4,7 @@ vs vgg6, object-wise splits, several seeds; plus alert decoding speed and a nigh
 Writes ``benchmarks/results/ztf.json``. What it does:
 
 1. Decoding: alerts/s of :func:`otrain.alerts.read_alerts` (difference stamp only, and the
-   triplet) and of :func:`otrain.convert_alerts.convert_alerts` (decode + label + write a cube).
+   triplet) and of :func:`otrain.convert.alerts.convert_alerts` (decode + label + write a cube).
 2. Cubes, through ``convert_alerts`` (every labelled alert kept, ``frac_true=None``): labels
    ``drb >= 0.5`` real / ``< 0.5`` bogus (``drb`` null dropped), and the same with the uncertain
    band dropped (real ``drb >= 0.9``, bogus ``drb < 0.1``); channels ``diff`` and
@@ -54,12 +54,13 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 import otrain
 from otrain.alerts import LabelRule, read_alerts
-from otrain.convert import ConvertConfig
-from otrain.convert_alerts import convert_alerts
-from otrain.datacube import open_datacube, write_subset
-from otrain.evaluation.metrics import binary_metrics
-from otrain.modelfile import load_model, predict_proba
-from otrain.training import TrainConfig, train
+from otrain.convert.alerts import convert_alerts
+from otrain.convert.folders import ConvertConfig
+from otrain.datacube.hdf5 import open_datacube, write_subset
+from otrain.metrics import binary_metrics
+from otrain.models.modelfile import load_model, predict_proba
+from otrain.training.config import TrainConfig
+from otrain.training.loop import train
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "ztf"

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import otrain
-from otrain.convert import ConvertConfig
-from otrain.convert_alerts import convert_alerts
+from otrain.convert.alerts import convert_alerts
+from otrain.convert.folders import ConvertConfig
 from otrain.evaluation.learning_curve import LearningCurveConfig, learning_curve
 from ztf import CHANNELS, DEFAULT_DATA, HERE, LABELS
 

@@ -28,14 +28,14 @@ from otrain.alerts import (
     COLUMNS,
     AlertReport,
     LabelRule,
-    alerts_to_datacube,
     decode_stamp,
     iter_alert_batches,
     iter_alerts,
     read_alerts,
 )
 from otrain.alerts.sources import rubin_schema
-from otrain.datacube import open_datacube
+from otrain.convert.alerts import alerts_to_datacube
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 
 ZTF_DIR = Path(os.environ.get("OTRAIN_ZTF_DATA", "/work/shared/data/ztf"))

@@ -17,10 +17,10 @@ from astropy.io import fits
 
 from conftest import ZTF_DIR, assert_clean_error, run_cli
 from otrain.alerts import LabelRule, read_alerts
-from otrain.alerts.to_fits import alerts_to_fits, cutout_header, resolve_layout
-from otrain.convert import ConvertConfig, convert_cutouts
-from otrain.cutouts import TRAINING_KEYWORDS, read_cutout
-from otrain.datacube import open_datacube
+from otrain.convert.alerts_to_fits import alerts_to_fits, cutout_header, resolve_layout
+from otrain.convert.folders import ConvertConfig, convert_cutouts
+from otrain.cutouts.reading import TRAINING_KEYWORDS, read_cutout
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 
 SOURCE = "ztf_alerts_v3.3.avro"

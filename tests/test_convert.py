@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, make_labelled_folder, run_cli, write_cutout
-from otrain.convert import ConvertConfig, class_counts, convert_cutouts
-from otrain.datacube import open_datacube
+from otrain.convert.folders import ConvertConfig, class_counts, convert_cutouts
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 
 

@@ -17,11 +17,11 @@ import pytest
 
 from conftest import ZTF_DIR, assert_clean_error, run_cli
 from otrain.alerts import LabelRule
-from otrain.convert import ConvertConfig, balanced_choice
-from otrain.convert_alerts import convert_alerts
-from otrain.datacube import open_datacube
+from otrain.convert.alerts import convert_alerts
+from otrain.convert.folders import ConvertConfig, balanced_choice
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
-from otrain.modelfile import read_metadata
+from otrain.models.modelfile import read_metadata
 
 SOURCE = "ztf_alerts_v3.3.avro"  # 144 alerts, drb from 0 to 1, one stamp cut by a CCD edge
 #: drb bands of the subset and how many alerts to take from each.

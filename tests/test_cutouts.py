@@ -9,7 +9,8 @@ import pytest
 from astropy.io import fits
 
 from conftest import write_cutout, write_mef
-from otrain.cutouts import (
+from otrain.cutouts.fitsfile import parse_hdus, read_bytes
+from otrain.cutouts.reading import (
     TRAINING_KEYWORDS,
     crop_center,
     find_cutouts,
@@ -18,7 +19,6 @@ from otrain.cutouts import (
     read_cutout,
 )
 from otrain.errors import CutoutError, OtrainError
-from otrain.fitsfile import parse_hdus, read_bytes
 
 
 def test_single_hdu_pixels_and_keywords(tmp_path):
@@ -185,7 +185,7 @@ def test_parse_channels():
 
 
 def test_card_parser_value_types():
-    from otrain.fitsfile import parse_cards
+    from otrain.cutouts.fitsfile import parse_cards
 
     cards = b"".join(c.ljust(80) for c in (
         b"A       = 'it''s  '           / quoted, escaped quote, trailing blanks",

@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from otrain.datacube import (
-    DatacubeWriter,
-    open_datacube,
-    write_datacube,
-    write_subset,
-)
+from otrain.datacube.hdf5 import DatacubeWriter, open_datacube, write_datacube, write_subset
 from otrain.errors import OtrainError
 
 

@@ -26,13 +26,14 @@ from sklearn.metrics import (
 )
 
 from conftest import assert_clean_error, run_cli
-from otrain.datacube import open_datacube, write_datacube
+from otrain.datacube.hdf5 import open_datacube, write_datacube
 from otrain.errors import OtrainError
 from otrain.evaluation import diagnostics as diag
+from otrain.evaluation import gallery
 from otrain.evaluation import scores as scores_mod
 from otrain.evaluation.thresholds import optimal_thresholds
-from otrain.modelfile import load_model, predict_proba, save_model
-from otrain.models import build_model
+from otrain.models.modelfile import load_model, predict_proba, save_model
+from otrain.models.networks import build_model
 
 SIZE = 16
 
@@ -161,9 +162,9 @@ def test_titles_and_one_model_pass(setup: dict, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     titles: dict[str, str] = {}
     seen = []
-    original_write, original_predict = diag.CutoutWriter.write, scores_mod.predict_proba
+    original_write, original_predict = gallery.CutoutWriter.write, scores_mod.predict_proba
 
-    def write(self: diag.CutoutWriter, path: Path, image: np.ndarray, title: str,
+    def write(self: gallery.CutoutWriter, path: Path, image: np.ndarray, title: str,
               overwrite: bool) -> Path:
         titles[path.stem] = title
         return original_write(self, path, image, title, overwrite)
@@ -172,7 +173,7 @@ def test_titles_and_one_model_pass(setup: dict, tmp_path: Path,
         seen.append(len(images))
         return original_predict(loaded, images, batch_size)
 
-    monkeypatch.setattr(diag.CutoutWriter, "write", write)
+    monkeypatch.setattr(gallery.CutoutWriter, "write", write)
     monkeypatch.setattr(scores_mod, "predict_proba", predict)
     res = diag.run_diagnostics(setup["cube"], setup["model"], tmp_path / "o",
                                threshold=setup["threshold"], n_examples=4, seed=1,

@@ -18,18 +18,18 @@ import torch
 from astropy.io import ascii
 
 from conftest import assert_clean_error, make_labelled_folder, run_cli, write_cutout
-from otrain.convert import ConvertConfig, convert_cutouts
-from otrain.datacube import open_datacube
+from otrain.convert.folders import ConvertConfig, convert_cutouts
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import CutoutError, OtrainError
-from otrain.inference import infer
-from otrain.modelfile import save_model
-from otrain.models import build_model
+from otrain.inference.core import infer
+from otrain.models.modelfile import save_model
+from otrain.models.networks import build_model
 
 distributed = pytest.importorskip("distributed")
 
-from otrain.dask_cluster import dask_client, require_dask  # noqa: E402
-from otrain.distributed_convert import convert_distributed  # noqa: E402
-from otrain.distributed_inference import infer_distributed, score_distributed  # noqa: E402
+from otrain.cluster import dask_client, require_dask  # noqa: E402
+from otrain.convert.dask import convert_distributed  # noqa: E402
+from otrain.inference.dask.client import infer_distributed, score_distributed  # noqa: E402
 
 SIZE = 16
 
@@ -65,7 +65,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """The single-process path with one torch thread, as a Dask task."""
-    import otrain.inference_stream as stream
+    import otrain.inference.stream as stream
 
     monkeypatch.setattr(stream, "_cpu_count", lambda: 1)
 

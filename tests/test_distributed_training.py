@@ -21,10 +21,11 @@ import pytest
 import torch
 
 from conftest import BIN, assert_clean_error, run_cli
-from otrain.distributed import shard_plan, shard_slice
-from otrain.modelfile import load_model
-from otrain.splits import epoch_plan
-from otrain.training import TrainConfig, train
+from otrain.models.modelfile import load_model
+from otrain.training.config import TrainConfig
+from otrain.training.ddp import shard_plan, shard_slice
+from otrain.training.loop import train
+from otrain.training.splits import epoch_plan
 from test_training import make_cube
 
 BASE = {"batch_size": 64, "patience": None}

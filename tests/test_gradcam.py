@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, blob_cutouts, run_cli
-from otrain.datacube import open_datacube, write_datacube
+from otrain.datacube.hdf5 import open_datacube, write_datacube
 from otrain.errors import OtrainError
 from otrain.evaluation.gradcam import (
     CATEGORIES,
@@ -20,9 +20,9 @@ from otrain.evaluation.gradcam import (
     run_grad_cam,
     select_cutouts,
 )
-from otrain.modelfile import LoadedModel, load_model, predict_proba, save_model
-from otrain.models import build_model
-from otrain.normalise import normalise
+from otrain.models.modelfile import LoadedModel, load_model, predict_proba, save_model
+from otrain.models.networks import build_model
+from otrain.models.normalise import normalise
 
 SIZE = 16
 

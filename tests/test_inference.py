@@ -11,17 +11,17 @@ from astropy.io import ascii
 from astropy.table import Table
 
 from conftest import assert_clean_error, make_labelled_folder, run_cli, write_cutout, write_mef
-from otrain.convert import ConvertConfig, convert_cutouts
+from otrain.convert.folders import ConvertConfig, convert_cutouts
 from otrain.errors import OtrainError
-from otrain.inference import (
+from otrain.inference.core import (
     ORIGINAL_COLUMNS,
     infer,
     score_cutouts,
     score_datacube,
     write_scores,
 )
-from otrain.modelfile import load_model, predict_proba, save_model
-from otrain.models import build_model
+from otrain.models.modelfile import load_model, predict_proba, save_model
+from otrain.models.networks import build_model
 
 SIZE = 16
 
@@ -68,7 +68,7 @@ def test_folder_and_datacube_agree(tmp_path: Path, loaded) -> None:
         assert abs(scores[name] - p) < 1e-6
         assert label == (1 if "/true/" in name else 0)
     # The scores are those of the plain predict_proba on the cropped images.
-    from otrain.cutouts import read_cutout
+    from otrain.cutouts.reading import read_cutout
     images = np.stack([read_cutout(f, ("diff",), SIZE).image for f in files])
     np.testing.assert_allclose(by_files["label1"], predict_proba(loaded, images), atol=1e-6)
     np.testing.assert_allclose(by_files["label0"] + by_files["label1"], 1.0, atol=1e-12)

@@ -10,10 +10,10 @@ from astropy.table import Table
 
 from conftest import assert_clean_error, run_cli
 from otrain.alerts import read_alerts
-from otrain.inference import infer
-from otrain.inference_alerts import is_alert_source
-from otrain.modelfile import load_model, predict_proba, save_model
-from otrain.models import build_model
+from otrain.inference.alerts import is_alert_source
+from otrain.inference.core import infer
+from otrain.models.modelfile import load_model, predict_proba, save_model
+from otrain.models.networks import build_model
 
 SIZE = 21
 

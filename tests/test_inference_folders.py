@@ -6,8 +6,8 @@ import torch
 from astropy.table import Table
 
 from conftest import make_labelled_folder, run_cli
-from otrain.modelfile import save_model
-from otrain.models import build_model
+from otrain.models.modelfile import save_model
+from otrain.models.networks import build_model
 
 
 def test_several_folders_are_expanded(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_clean_error, blob_cutouts, run_cli
-from otrain.datacube import open_datacube, write_datacube
+from otrain.datacube.hdf5 import open_datacube, write_datacube
 from otrain.errors import OtrainError
 from otrain.evaluation.learning_curve import (
     CSV_COLUMNS,
@@ -22,8 +22,8 @@ from otrain.evaluation.learning_curve import (
     nested_subsets,
     summarise,
 )
-from otrain.modelfile import read_metadata
-from otrain.splits import split_indices
+from otrain.models.modelfile import read_metadata
+from otrain.training.splits import split_indices
 
 SIZE = 16
 

@@ -1,4 +1,4 @@
-"""The model file (otrain.modelfile): round trip, input checks, refusing non-models."""
+"""The model file (otrain.models.modelfile): round trip, input checks, refusing non-models."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from otrain.errors import ModelFileError, OtrainError
-from otrain.modelfile import load_model, predict_proba, read_metadata, save_model
-from otrain.models import build_model
-from otrain.normalise import normalise
+from otrain.models.modelfile import load_model, predict_proba, read_metadata, save_model
+from otrain.models.networks import build_model
+from otrain.models.normalise import normalise
 
 META = {"channels": ["diff", "sci", "ref"], "normalisation": "zscore", "threshold": 0.6,
         "training": {"cube": "cube.h5", "epochs_run": 3}}

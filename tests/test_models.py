@@ -1,4 +1,4 @@
-"""Networks (otrain.models) and per-cutout normalisation (otrain.normalise)."""
+"""Networks (otrain.models) and per-cutout normalisation (otrain.models.normalise)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import torch
 from torch import nn
 
 from otrain.errors import OtrainError
-from otrain.models import available_architectures, build_model, count_flops, count_parameters
-from otrain.normalise import METHODS, normalise, resolve_method
+from otrain.models.networks import (
+    available_architectures,
+    build_model,
+    count_flops,
+    count_parameters,
+)
+from otrain.models.normalise import METHODS, normalise, resolve_method
 
 
 # ------------------------------------------------------------------------------------------

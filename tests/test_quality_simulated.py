@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from otrain.convert import ConvertConfig, convert_cutouts
-from otrain.simulate import SimulationConfig, simulate_cutouts
-from otrain.training import TrainConfig, train
+from otrain.convert.folders import ConvertConfig, convert_cutouts
+from otrain.simulate.core import SimulationConfig, simulate_cutouts
+from otrain.training.config import TrainConfig
+from otrain.training.loop import train
 
 
 @pytest.mark.slow

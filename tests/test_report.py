@@ -15,7 +15,8 @@ from matplotlib.image import imread
 from conftest import run_cli
 from otrain.errors import OtrainError
 from otrain.evaluation.report import build_report
-from otrain.training import TrainConfig, train
+from otrain.training.config import TrainConfig
+from otrain.training.loop import train
 from test_diagnostics import make_eval_cube, make_model
 
 

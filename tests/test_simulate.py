@@ -12,8 +12,8 @@ import pytest
 from astropy.io import ascii, fits
 
 from otrain.errors import OtrainError
-from otrain.simulate import KINDS, SimulationConfig, render_candidate, simulate_cutouts
-from otrain.simulate_io import format_card, load_background
+from otrain.simulate.core import KINDS, SimulationConfig, render_candidate, simulate_cutouts
+from otrain.simulate.files import format_card, load_background
 
 KEYWORDS = {"CANDID": str, "MAG": float, "MAGERR": float, "FILTER": str, "FWHM": float,
             "EDGE": str, "RA": float, "DEC": float, "FILE": str, "XPOS": float, "YPOS": float,
@@ -229,7 +229,7 @@ def test_overwrite_keeps_foreign_files(tmp_path):
 
 
 def test_failure_leaves_no_half_folder(tmp_path, monkeypatch):
-    import otrain.simulate as sim
+    import otrain.simulate.core as sim
 
     calls = {"n": 0}
     real_bytes = sim.cutout_bytes

@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, run_cli
-from otrain.datacube import open_datacube, write_datacube
+from otrain.datacube.hdf5 import open_datacube, write_datacube
 from otrain.errors import OtrainError
-from otrain.evaluation.metrics import binary_metrics
-from otrain.modelfile import load_model, predict_proba
-from otrain.splits import augment, split_indices
-from otrain.training import HISTORY_COLUMNS, TrainConfig, train
-from otrain.training_config import epoch_lr
+from otrain.metrics import binary_metrics
+from otrain.models.modelfile import load_model, predict_proba
+from otrain.training.config import TrainConfig, epoch_lr
+from otrain.training.loop import HISTORY_COLUMNS, train
+from otrain.training.splits import augment, split_indices
 
 FAST = {"batch_size": 64, "patience": None}
 
@@ -202,7 +202,7 @@ def test_cosine_schedule_resumes_exactly(cube: Path, tmp_path: Path,
     assert not _same(_weights(full.model_file), _weights(flat.model_file))
 
     # interrupted after epoch 2 of 3, then resumed: the schedule goes on as if uninterrupted
-    import otrain.training as training_module
+    import otrain.training.loop as training_module
 
     real_checkpoint = training_module._checkpoint
 

@@ -7,13 +7,7 @@ The package follows the data through the pipeline::
 Every command-line tool in :mod:`otrain.cli` is a thin layer over the functions documented here.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("otrain")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
+from otrain._version import __version__
 from otrain.errors import OtrainError
 
 __all__ = ["OtrainError", "__version__"]

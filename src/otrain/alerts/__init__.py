@@ -32,7 +32,6 @@ from otrain.alerts.fields import CHANNEL_FIELDS, COLUMNS
 from otrain.alerts.labels import LabelRule, read_label_csv
 from otrain.alerts.reading import (
     STAMP_POLICY,
-    alerts_to_datacube,
     check_channels,
     iter_alert_batches,
     read_alerts,
@@ -47,7 +46,6 @@ __all__ = [
     "STAMP_POLICY",
     "AlertReport",
     "LabelRule",
-    "alerts_to_datacube",
     "check_channels",
     "decode_stamp",
     "find_alert_files",

@@ -32,7 +32,7 @@ class LabelRule:
     ``bogus_below <= value < real_above`` is unknown (with ``bogus_below=None``, everything below
     ``real_above`` is bogus). A NaN score (e.g. ``drb`` of the 2018 ZTF alerts) is unknown.
     Unknown alerts are left out of a training datacube by
-    :func:`~otrain.alerts.alerts_to_datacube`.
+    :func:`~otrain.convert.alerts_to_datacube`.
 
     Parameters
     ----------

@@ -17,12 +17,10 @@ from otrain.alerts.fields import (
     record_row,
     stamp_bytes,
 )
-from otrain.alerts.labels import LabelRule, label_counts
 from otrain.alerts.report import AlertReport
 from otrain.alerts.sources import iter_alerts
 from otrain.alerts.stamps import StampError, decode_stamp, place_stamp
 from otrain.errors import OtrainError
-from otrain.outputs import check_writable
 from otrain.progress import Progress
 
 PathsLike = Sequence[str | Path] | str | Path
@@ -45,7 +43,7 @@ def check_channels(channels: Sequence[str] | str) -> tuple[str, ...]:
     return chans
 
 
-def _check_size(cutout_size: int) -> int:
+def check_size(cutout_size: int) -> int:
     if int(cutout_size) != cutout_size or int(cutout_size) < 1:
         raise OtrainError(f"cutout_size must be a positive whole number, got {cutout_size!r}")
     return int(cutout_size)
@@ -159,7 +157,7 @@ def iter_alert_batches(
         ``label`` -1.
     """
     chans = check_channels(channels)
-    size = _check_size(cutout_size)
+    size = check_size(cutout_size)
     if int(batch_size) < 1:
         raise OtrainError(f"batch_size must be at least 1, got {batch_size}")
     report = report if report is not None else AlertReport()
@@ -212,7 +210,7 @@ def read_alerts(
         Counts and problems.
     """
     chans = check_channels(channels)
-    size = _check_size(cutout_size)
+    size = check_size(cutout_size)
     report = AlertReport()
     chunks: list[np.ndarray] = []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
@@ -232,89 +230,3 @@ def read_alerts(
     table = Table(cols, names=list(COLUMNS))
     table.meta.update(channels=list(chans), cutout_size=size)
     return images, table, report
-
-
-def alerts_to_datacube(
-    paths: PathsLike,
-    out_path: str | Path,
-    channels: Sequence[str] = ("diff",),
-    cutout_size: int = 63,
-    label_rule: LabelRule | None = None,
-    overwrite: bool = False,
-    quiet: bool = False,
-    strict: bool = False,
-    batch_size: int = 1024,
-) -> tuple[Path, AlertReport]:
-    """Write alerts into a datacube file, batch by batch (memory does not grow with N).
-
-    Parameters
-    ----------
-    paths : path or sequence of paths
-        Alert files and folders.
-    out_path : str or Path
-        Destination datacube (``.h5``).
-    channels : sequence of str, default ("diff",)
-        Stamps to stack, from ``diff``, ``sci``, ``ref``.
-    cutout_size : int, default 63
-        Side of the square cutouts.
-    label_rule : LabelRule, optional
-        How to label the alerts; alerts it leaves unknown are not written (counted in
-        ``report.n_unlabelled``). Without a rule every alert is written with label -1.
-    overwrite : bool, default False
-        Whether an existing file may be replaced.
-    quiet : bool, default False
-        No progress output.
-    strict : bool, default False
-        Raise instead of skipping corrupt records, stamps and files.
-    batch_size : int, default 1024
-        Alerts decoded and written at a time.
-
-    Returns
-    -------
-    path : Path
-        The datacube written.
-    report : AlertReport
-        Counts and problems (also stored in the cube provenance under ``alert_report``).
-
-    Raises
-    ------
-    OtrainError
-        If the destination exists without ``overwrite``, or no alert could be written.
-    """
-    from otrain.datacube import DatacubeWriter
-
-    chans = check_channels(channels)
-    size = _check_size(cutout_size)
-    out_path = check_writable(out_path, overwrite)
-    report = AlertReport()
-    sources = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
-    provenance: dict[str, Any] = {
-        "source": "alerts", "inputs": sources, "channels": list(chans), "cutout_size": size,
-        "stamp_policy": STAMP_POLICY,
-        "label_rule": label_rule.describe() if label_rule is not None else None,
-    }
-    writer = DatacubeWriter(out_path, (len(chans), size, size), chans, overwrite, provenance)
-    counts = {"real": 0, "bogus": 0, "unknown": 0}
-    try:
-        for images, columns in iter_alert_batches(paths, chans, size, batch_size, strict, report,
-                                                  quiet):
-            if label_rule is not None:
-                labels = label_rule.apply(columns)
-                keep = labels != -1
-                report.n_unlabelled += int(np.count_nonzero(~keep))
-                columns["label"] = labels
-                if not keep.all():
-                    images = images[keep]
-                    columns = {name: values[keep] for name, values in columns.items()}
-            for key, value in label_counts(columns["label"]).items():
-                counts[key] += value
-            writer.append(images, columns)
-        if len(writer) == 0:
-            raise OtrainError("no alert could be written to the datacube: "
-                              + report.summary(max_lines=3).replace("\n", " "), out_path)
-        writer.provenance.update(alert_report=report.as_dict(), labels=counts)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return out_path, report

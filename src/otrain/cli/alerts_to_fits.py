@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from otrain.alerts.to_fits import LAYOUTS, alerts_to_fits
 from otrain.cli.convert import add_label_arguments, label_rule_from_args
-from otrain.cutouts import parse_channels
+from otrain.convert.alerts_to_fits import LAYOUTS, alerts_to_fits
+from otrain.cutouts.reading import parse_channels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

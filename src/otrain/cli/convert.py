@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from otrain.alerts import LabelRule
-from otrain.convert import ConvertConfig, convert_cutouts, datacube_path
-from otrain.cutouts import parse_channels
-from otrain.dask_cluster import add_dask_arguments
-from otrain.distributed_convert import dask_convert
+from otrain.cluster import add_dask_arguments
+from otrain.convert.dask import dask_convert
+from otrain.convert.folders import ConvertConfig, convert_cutouts, datacube_path
+from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
 
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     out = datacube_path(args.path_datacube, args.cube)
     convert = convert_cutouts if args.scheduler is None else dask_convert(args)  # on Dask
     if args.alerts:
-        from otrain.convert_alerts import convert_alerts
+        from otrain.convert.alerts import convert_alerts
 
         convert_alerts(args.alerts, out, config, label_rule_from_args(args),
                        overwrite=args.overwrite, quiet=args.quiet)

@@ -3,7 +3,7 @@
 Reading processes and the network share the cores: the OpenMP threads of torch are asked to sleep
 rather than spin while they wait (``OMP_WAIT_POLICY=PASSIVE``, unless the variable is already set),
 which must happen before torch is first imported, hence here. On a shared or busy machine spinning
-threads otherwise lose several-fold (see :func:`otrain.inference_stream.plan_threads`).
+threads otherwise lose several-fold (see :func:`otrain.inference.stream.plan_threads`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from otrain.cutouts import parse_channels
-from otrain.dask_cluster import add_dask_arguments
-from otrain.distributed_inference import dask_infer
+from otrain.cluster import add_dask_arguments
+from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
-from otrain.inference import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
-from otrain.modelfile import read_metadata
+from otrain.inference.core import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
+from otrain.inference.dask.client import dask_infer
+from otrain.models.modelfile import read_metadata
 
 
 def _threshold(text: str) -> float | str:

@@ -18,7 +18,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from otrain import __version__
+from otrain._version import __version__
 from otrain.errors import OtrainError
 
 #: command name -> (module under otrain.cli, one-line help). Only commands that work are listed.

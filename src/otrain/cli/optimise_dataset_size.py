@@ -6,8 +6,8 @@ import argparse
 
 from otrain.cli.common import add_device, add_overwrite
 from otrain.evaluation.learning_curve import LearningCurveConfig, learning_curve
-from otrain.models import available_architectures
-from otrain.normalise import TRAIN_METHODS
+from otrain.models.networks import available_architectures
+from otrain.models.normalise import TRAIN_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from otrain.errors import OtrainError
-from otrain.simulate_artefacts import DEFAULT_MIX
+from otrain.simulate.config import DEFAULT_MIX
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``otrain-simulate``; returns the exit status."""
-    from otrain.simulate import SimulationConfig, simulate_cutouts
+    from otrain.simulate.core import SimulationConfig, simulate_cutouts
 
     config = SimulationConfig(
         n_true=args.n_true, n_false=args.n_false, size=args.size, seed=args.seed,

@@ -17,13 +17,13 @@ import sys
 from dataclasses import asdict
 
 from otrain.cli.common import add_device, add_overwrite
-from otrain.distributed import PeerFailed, env_rank, launched
 from otrain.errors import OtrainError
-from otrain.evaluation.metrics import format_metrics
-from otrain.models import available_architectures
-from otrain.normalise import TRAIN_METHODS
-from otrain.training import RESUME_KEYS, TrainConfig, resumable_settings, train
-from otrain.training_config import LR_SCHEDULES
+from otrain.metrics import format_metrics
+from otrain.models.networks import available_architectures
+from otrain.models.normalise import TRAIN_METHODS
+from otrain.training.config import LR_SCHEDULES, TrainConfig
+from otrain.training.ddp import PeerFailed, env_rank, launched
+from otrain.training.loop import RESUME_KEYS, resumable_settings, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,10 +38,10 @@ from astropy.visualization import ZScaleInterval
 from matplotlib.figure import Figure
 from torch import nn
 
-from otrain.datacube import open_datacube
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
-from otrain.modelfile import LoadedModel, load_model, predict_proba
-from otrain.normalise import normalise
+from otrain.models.modelfile import LoadedModel, load_model, predict_proba
+from otrain.models.normalise import normalise
 from otrain.outputs import atomic_output, check_writable, write_text_atomic
 from otrain.progress import Progress, info
 
@@ -82,7 +82,7 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
     Parameters
     ----------
     loaded : LoadedModel
-        From :func:`otrain.modelfile.load_model`.
+        From :func:`otrain.models.modelfile.load_model`.
     images : numpy.ndarray
         Raw cutouts ``(N, C, H, W)`` (``(N, H, W)`` for one channel), as in the datacube.
     threshold : float, optional

@@ -1,6 +1,7 @@
 """Learning curve: how the scores grow with the number of training cutouts.
 
-The labelled rows of the cube are split once (:func:`otrain.splits.split_indices`, ``seed``) into a
+The labelled rows of the cube are split once
+(:func:`~otrain.training.splits.split_indices`, ``seed``) into a
 held-out **test set**, the same for every run, and a pool (training + validation). For
 ``n_sections`` sizes ``round(n_pool * i / n_sections)``, ``i = 1 .. n_sections`` (the last is the
 whole pool; O'TRAIN used ``n_sections - 1`` sizes), and ``repeats`` repeats per size, a stratified
@@ -44,14 +45,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from otrain.datacube import open_datacube, write_subset
+from otrain.datacube.hdf5 import open_datacube, write_subset
 from otrain.errors import OtrainError
-from otrain.evaluation.metrics import binary_metrics
-from otrain.modelfile import load_model, predict_proba
+from otrain.metrics import binary_metrics
+from otrain.models.modelfile import load_model, predict_proba
 from otrain.outputs import atomic_output, check_writable, write_text_atomic
 from otrain.progress import info
-from otrain.splits import group_values, split_indices
-from otrain.training import TrainConfig, train
+from otrain.training.config import TrainConfig
+from otrain.training.loop import train
+from otrain.training.splits import group_values, split_indices
 
 SCORES = ("mcc", "f1", "auc", "accuracy")
 CSV_COLUMNS = ("size", "repeat", "seed", "n_train", "n_val", "n_test",

@@ -27,9 +27,9 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from otrain.errors import OtrainError
-from otrain.evaluation.metrics import binary_metrics
 from otrain.evaluation.scores import Scores, score
 from otrain.evaluation.thresholds import FNR_TARGETS, confusion_counts, optimal_thresholds, rates
+from otrain.metrics import binary_metrics
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import info
 

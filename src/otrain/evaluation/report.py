@@ -26,15 +26,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from otrain import __version__
-from otrain.datacube import open_datacube
+from otrain._version import __version__
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
-from otrain.evaluation.diagnostics import outcome_sheet, select_examples
-from otrain.evaluation.metrics import METRIC_NAMES, binary_metrics
+from otrain.evaluation.diagnostics import select_examples
+from otrain.evaluation.gallery import outcome_sheet
 from otrain.evaluation.plots import PLOT_FILES, build_figures
 from otrain.evaluation.scores import Scores, score_datacube
 from otrain.evaluation.thresholds import optimal_thresholds
-from otrain.modelfile import load_model
+from otrain.metrics import METRIC_NAMES, binary_metrics
+from otrain.models.modelfile import load_model
 from otrain.outputs import check_writable, write_text_atomic
 from otrain.progress import info
 

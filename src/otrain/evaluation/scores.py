@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from otrain.datacube import BOGUS, REAL, Datacube, open_datacube
+from otrain.datacube.cube import BOGUS, REAL, Datacube
+from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
-from otrain.modelfile import LoadedModel, load_model, predict_proba
+from otrain.models.modelfile import LoadedModel, load_model, predict_proba
 from otrain.progress import Progress
 
 #: Table columns carried along with the scores (those present in the cube).
@@ -94,7 +95,7 @@ def score_datacube(loaded: LoadedModel, cube: Datacube, batch_size: int = 512,
     Parameters
     ----------
     loaded : LoadedModel
-        From :func:`otrain.modelfile.load_model`.
+        From :func:`otrain.models.modelfile.load_model`.
     cube : Datacube
         An open cube; rows labelled -1 (unknown) are skipped.
     batch_size : int, default 512

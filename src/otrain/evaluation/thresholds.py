@@ -1,6 +1,6 @@
 """Choosing the P(real) threshold: best MCC, best F1, and a target false-negative rate.
 
-Convention (as :mod:`otrain.evaluation.metrics`): a candidate is called real when
+Convention (as :mod:`otrain.metrics`): a candidate is called real when
 ``P(real) > threshold`` (strict). Every operating point of the scores is enumerated with
 :func:`sklearn.metrics.roc_curve` (``drop_intermediate=False``), whose points are "real when
 ``P(real) >= s``" for each distinct score ``s``. The same calls are made by any threshold in the

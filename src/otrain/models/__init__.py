@@ -1,0 +1,46 @@
+"""The networks (by name: ``otrain``, the O'TRAIN CNN, and ``vgg6``), the per-cutout
+normalisations recorded in a model, and the model file (safetensors tensors + JSON metadata: loading
+it runs no code).
+"""
+
+from otrain.models.modelfile import (
+    LoadedModel,
+    load_model,
+    predict_proba,
+    read_metadata,
+    resolve_device,
+    save_model,
+)
+from otrain.models.networks import (
+    DEFAULT_ARCH,
+    VGG6,
+    Architecture,
+    OTrainCNN,
+    available_architectures,
+    build_model,
+    count_flops,
+    count_parameters,
+    register_architecture,
+)
+from otrain.models.normalise import METHODS, normalise, resolve_method
+
+__all__ = [
+    "DEFAULT_ARCH",
+    "METHODS",
+    "VGG6",
+    "Architecture",
+    "LoadedModel",
+    "OTrainCNN",
+    "available_architectures",
+    "build_model",
+    "count_flops",
+    "count_parameters",
+    "load_model",
+    "normalise",
+    "predict_proba",
+    "read_metadata",
+    "register_architecture",
+    "resolve_device",
+    "resolve_method",
+    "save_model",
+]

@@ -1,0 +1,333 @@
+"""The model file: safetensors weights plus JSON metadata, safe to load from strangers.
+
+A model is one ``.safetensors`` file. The tensors are the network's ``state_dict``; the
+safetensors header metadata holds, under the key ``"otrain"``, a JSON object::
+
+    format            "otrain-model"            format_version   1
+    architecture      registry name (otrain.models), e.g. "otrain"
+    in_channels       int                       channels         e.g. ["diff", "sci", "ref"]
+    input_size        [H, W]                    dropout          float
+    normalisation     otrain.models.normalise method   threshold        P(real) above which "real"
+    class_names       ["bogus", "real"]         training         provenance (cube, splits, metrics)
+    otrain_version, torch_version
+
+Loading never unpickles anything: the network is rebuilt from the registry by name and the
+tensors are copied in, so a model file cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from otrain._version import __version__
+from otrain.errors import ModelFileError, OtrainError
+from otrain.models.networks import build_model
+from otrain.models.normalise import check_method, normalise
+from otrain.outputs import atomic_output
+
+FORMAT_NAME = "otrain-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "otrain"
+CLASS_NAMES = ["bogus", "real"]
+_GENERIC_PREFIX = "ch"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` into a :class:`torch.device`.
+
+    Raises
+    ------
+    OtrainError
+        If CUDA is asked for but not available.
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OtrainError("device 'cuda' asked for but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise OtrainError(f"unknown device '{name}' (use auto, cpu or cuda)") from None
+
+
+def default_channel_names(count: int) -> list[str]:
+    """Channel names used when none are known: ``["diff"]`` or ``["ch0", "ch1", ...]``."""
+    return ["diff"] if count == 1 else [f"{_GENERIC_PREFIX}{i}" for i in range(count)]
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode and the metadata it was saved with.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network, on :attr:`device`, in eval mode.
+    meta : dict
+        The file's ``otrain`` metadata (see the module documentation).
+    path : Path or None
+        The file it was read from.
+    device : torch.device
+        Where the network lives.
+    """
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def channels(self) -> list[str]:
+        """Channel names the model was trained on."""
+        return list(self.meta["channels"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Cutout ``(H, W)`` the model expects."""
+        h, w = self.meta["input_size"]
+        return int(h), int(w)
+
+    @property
+    def normalisation(self) -> str:
+        """Name of the per-cutout scaling applied before the network."""
+        return str(self.meta["normalisation"])
+
+    @property
+    def threshold(self) -> float:
+        """P(real) above which a candidate is called real."""
+        return float(self.meta["threshold"])
+
+    def check_input(self, channels_or_count: int | Sequence[str], size: Sequence[int]) -> None:
+        """Check that data of these channels and cutout size fits the model.
+
+        Parameters
+        ----------
+        channels_or_count : int or sequence of str
+            The data's channel names (compared by name when both sides have real names such as
+            ``diff``/``sci``/``ref``; generic ``ch0``... names match any name) or only their number.
+        size : (int, int)
+            The data's cutout ``(H, W)``.
+
+        Raises
+        ------
+        ModelFileError
+            With a message saying what the model expects and what the data has.
+        """
+        mine = self.channels
+        desc = f"{len(mine)} channel{'s' if len(mine) != 1 else ''} [{', '.join(mine)}]"
+        if isinstance(channels_or_count, int | np.integer):
+            count, theirs = int(channels_or_count), None
+        else:
+            theirs = [str(c) for c in channels_or_count]
+            count = len(theirs)
+        if count != len(mine) or (theirs is not None and not _names_compatible(mine, theirs)):
+            have = f"{count}" + (f" [{', '.join(theirs)}]" if theirs is not None else "")
+            raise ModelFileError(f"model expects {desc}, data has {have}", self.path)
+        h, w = (int(s) for s in size)
+        eh, ew = self.input_size
+        if (h, w) != (eh, ew):
+            raise ModelFileError(f"model expects {eh}x{ew} pixel cutouts, data has {h}x{w} "
+                                 f"(crop the cutouts to {eh}x{ew})", self.path)
+
+
+def _names_compatible(mine: Sequence[str], theirs: Sequence[str]) -> bool:
+    for a, b in zip(mine, theirs, strict=True):
+        if a != b and not (a.startswith(_GENERIC_PREFIX) or b.startswith(_GENERIC_PREFIX)):
+            return False
+    return True
+
+
+def _complete_meta(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(meta)
+    config = getattr(model, "config", {}) or {}
+    for key, ckey in (("architecture", "arch"), ("in_channels", "in_channels"),
+                      ("input_size", "size"), ("dropout", "dropout")):
+        if key not in out and ckey in config:
+            out[key] = config[ckey]
+    missing = [k for k in ("architecture", "in_channels", "input_size", "normalisation")
+               if k not in out]
+    if missing:
+        raise OtrainError(f"model metadata lacks {', '.join(missing)}")
+    check_method(out["normalisation"])
+    out["in_channels"] = int(out["in_channels"])
+    out["input_size"] = [int(s) for s in out["input_size"]]
+    out.setdefault("channels", default_channel_names(out["in_channels"]))
+    if len(out["channels"]) != out["in_channels"]:
+        raise OtrainError(f"{len(out['channels'])} channel names for {out['in_channels']} channels")
+    out.setdefault("dropout", 0.0)
+    out.setdefault("threshold", 0.5)
+    out["class_names"] = list(CLASS_NAMES)
+    out["format"] = FORMAT_NAME
+    out["format_version"] = FORMAT_VERSION
+    out["otrain_version"] = __version__
+    out["torch_version"] = torch.__version__
+    return out
+
+
+def save_model(path: str | Path, model: nn.Module, meta: Mapping[str, Any],
+               overwrite: bool = False) -> Path:
+    """Write ``model`` and its metadata as one safetensors file, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination (``.safetensors``).
+    model : torch.nn.Module
+        A network from :func:`otrain.models.build_model` (its ``config`` fills ``architecture``,
+        ``in_channels``, ``input_size`` and ``dropout`` when ``meta`` lacks them).
+    meta : mapping
+        JSON-serialisable metadata; must give ``normalisation``; ``channels``, ``threshold``
+        (0.5) and ``training`` are recommended. Versions and class names are added.
+    overwrite : bool, default False
+        Whether an existing file may be replaced.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    full = _complete_meta(model, meta)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    header = {METADATA_KEY: json.dumps(full, default=_json_default)}
+    with atomic_output(path, overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return Path(path)
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Read only the ``otrain`` metadata of a model file (no weights).
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, not safetensors, or not an otrain model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError("no such model file", path)
+    if path.is_dir():
+        raise ModelFileError("is a folder, expected a model file (.safetensors)", path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"not a model file: not a safetensors file ({exc})", path) from None
+    if METADATA_KEY not in header:
+        raise ModelFileError("not an otrain model: safetensors file without 'otrain' metadata",
+                             path)
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise ModelFileError("not an otrain model: unreadable 'otrain' metadata", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise ModelFileError("not an otrain model: wrong 'otrain' metadata", path)
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelFileError(f"model file format {meta['format_version']} is newer than this "
+                             f"otrain ({__version__}) understands; upgrade otrain", path)
+    return meta
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.safetensors`` file written by :func:`save_model`.
+    device : str or torch.device, default "cpu"
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    LoadedModel
+        Network in eval mode and metadata.
+
+    Raises
+    ------
+    ModelFileError
+        Missing file, not safetensors, no ``otrain`` metadata, or weights that do not match the
+        recorded architecture.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    dev = resolve_device(device)
+    try:
+        model = build_model(meta["architecture"], meta["in_channels"], meta["input_size"],
+                            meta.get("dropout", 0.0))
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"model metadata lacks {exc}", path) from None
+    except OtrainError as exc:
+        raise ModelFileError(f"cannot rebuild the network: {exc.reason}", path) from None
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelFileError(f"weights do not match architecture '{meta['architecture']}': "
+                             f"{first}", path) from None
+    model.to(dev).eval()
+    return LoadedModel(model=model, meta=meta, path=path, device=dev)
+
+
+def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """P(real) for raw cutouts: the recorded normalisation, then the network in eval mode.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From :func:`load_model`.
+    images : numpy.ndarray
+        Raw (un-normalised) cutouts ``(N, C, H, W)``; ``(N, H, W)`` is accepted for 1 channel.
+    batch_size : int, default 512
+        Cutouts per forward pass.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(N,)``: softmax column 1.
+
+    Raises
+    ------
+    ModelFileError
+        If the images' channels or size do not fit the model.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
+    loaded.check_input(images.shape[1], images.shape[2:])
+    model = loaded.model
+    was_training = model.training
+    model.eval()
+    out = np.empty(images.shape[0], dtype=np.float64)
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                batch = normalise(images[start : start + batch_size], loaded.normalisation)
+                logits = model(torch.from_numpy(batch).to(loaded.device))
+                prob = torch.softmax(logits.float(), dim=1)[:, 1]
+                out[start : start + batch.shape[0]] = prob.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
