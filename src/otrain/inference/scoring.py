@@ -149,16 +149,27 @@ class Scorer:
                 pass
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``."""
-        out = np.empty((images.shape[0], 2), dtype=np.float64)
+        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``.
+
+        Every forward pass has the same shape (a short last pass is padded with zeros to
+        :data:`FORWARD_CHUNK` rows): oneDNN picks its kernels, and so its summation order, by
+        batch size, so without the padding a cutout's score would depend in its last bits on
+        how the inputs happened to be batched (worker count, chunk size, Dask partitions).
+        """
+        n = images.shape[0]
+        out = np.empty((n, 2), dtype=np.float64)
         with torch.inference_mode():
-            for s in range(0, images.shape[0], FORWARD_CHUNK):
-                x = torch.from_numpy(np.ascontiguousarray(images[s:s + FORWARD_CHUNK]))
-                x = x.to(self.device)
+            for s in range(0, n, FORWARD_CHUNK):
+                batch = np.ascontiguousarray(images[s:s + FORWARD_CHUNK])
+                k = batch.shape[0]
+                if k < FORWARD_CHUNK:
+                    batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
+                                                            dtype=batch.dtype)])
+                x = torch.from_numpy(batch).to(self.device)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x).double()
-                out[s:s + x.shape[0]] = torch.softmax(logits, dim=1).cpu().numpy()
+                logits = self.model(x)[:k].double()
+                out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 
 
