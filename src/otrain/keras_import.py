@@ -280,7 +280,9 @@ def import_keras(path: str | Path, output: str | Path, channels: Sequence[str] |
     """
     from otrain.models import build_model
     from otrain.modelfile import save_model
+    from otrain.outputs import check_writable
 
+    check_writable(output, overwrite)
     meta, state = read_keras(path)
     if channels is not None:
         if len(channels) != meta["in_channels"]:

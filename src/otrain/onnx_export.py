@@ -38,7 +38,7 @@ from otrain import __version__
 from otrain.errors import OtrainError
 from otrain.modelfile import LoadedModel
 from otrain.normalise import ABSOLUTE_FLOOR, MAD_TO_STD, RELATIVE_FLOOR, check_method
-from otrain.outputs import atomic_output
+from otrain.outputs import atomic_output, check_writable
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "ScoringGraph", "export_onnx",
            "onnx_metadata", "run_onnx"]
@@ -232,6 +232,8 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
     """
     onnx, _ = require_onnx()
     from otrain.stream_api import model_scores
+
+    check_writable(output, overwrite)
 
     graph = ScoringGraph(loaded).to("cpu").eval()
     c = len(loaded.channels)
