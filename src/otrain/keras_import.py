@@ -37,7 +37,7 @@ import torch
 
 from otrain.errors import ModelFileError
 
-__all__ = ["is_keras_file", "read_keras", "import_keras"]
+__all__ = ["import_keras", "is_keras_file", "read_keras"]
 
 #: The O'TRAIN Sequential network: (Keras class, filters/units, activation) per layer.
 OTRAIN_LAYERS: tuple[tuple[str, int | None, str | None], ...] = (
@@ -278,8 +278,8 @@ def import_keras(path: str | Path, output: str | Path, channels: Sequence[str] |
     Path
         The file written.
     """
-    from otrain.models import build_model
     from otrain.modelfile import save_model
+    from otrain.models import build_model
     from otrain.outputs import check_writable
 
     check_writable(output, overwrite)
