@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import json
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -192,6 +193,11 @@ def _quiet_logs() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines() or [""])[0][:200]
+
+
 def run_onnx(path: str | Path, stamps: np.ndarray) -> np.ndarray:
     """P(real) of raw stamps ``(N, C, H, W)`` by onnxruntime on an exported file (float64)."""
     _, ort = require_onnx()
@@ -253,7 +259,7 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
         except Exception as exc:  # torch's exporter raises many kinds
             raise OtrainError(f"ONNX export of a {c}x{h}x{w} '{loaded.meta['architecture']}' "
                               f"model with normalisation '{loaded.normalisation}' failed: "
-                              f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}",
+                              f"{exc.__class__.__name__}: {_first_line(exc)}",
                               loaded.path) from None
         proto = onnx.load(str(raw))
         del proto.metadata_props[:]
