@@ -2,7 +2,7 @@
 
 The fixtures in tests/fixtures/keras/ were written by make_keras_fixtures.py (TensorFlow 2.21,
 tf_keras 2.21 for the Keras 2 layout, Keras 3.15 for the Keras 3 one) with Keras's own
-``predict`` outputs; otrain must reproduce them to 1e-5.
+``predict`` outputs (plus a Keras 3 ``.keras`` archive); otrain must reproduce them to 1e-5.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 #: name -> (H, W, C) of the fixture.
-KERAS_FILES = {"otrain_keras2": (16, 16, 1), "otrain_keras3": (16, 24, 3)}
+KERAS_FILES = {"otrain_keras2": (16, 16, 1), "otrain_keras3": (16, 24, 3),
+               "otrain_keras3_archive": (8, 16, 2)}
 
 
 def _fixture(name: str) -> tuple[Path, np.ndarray, np.ndarray]:
-    """The .h5, its input stamps as (N, C, H, W) and Keras's P(real)."""
+    """The model file (.h5, or .keras for the archive), its input stamps as (N, C, H, W) and
+    Keras's P(real)."""
     stamps = np.load(FIXTURES / f"{name}_input.npy")
     keras_out = np.load(FIXTURES / f"{name}_predict.npy")
-    return FIXTURES / f"{name}.h5", stamps.transpose(0, 3, 1, 2), keras_out[:, 1]
+    suffix = ".keras" if name.endswith("archive") else ".h5"
+    return FIXTURES / f"{name}{suffix}", stamps.transpose(0, 3, 1, 2), keras_out[:, 1]
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_FILES))
@@ -50,7 +53,7 @@ def test_scores_match_keras_predict(name):
     assert keras_p.std() > 0.05  # the fixture's scores vary, so the check has teeth
 
 
-def test_keras2_file_layout_is_the_legacy_one_with_optimizer():
+def test_fixture_layouts_are_the_ones_claimed():
     with h5py.File(FIXTURES / "otrain_keras2.h5") as f:
         assert "optimizer_weights" in f
         assert str(f.attrs["keras_version"]).startswith("2.")
@@ -59,6 +62,9 @@ def test_keras2_file_layout_is_the_legacy_one_with_optimizer():
     meta, _ = read_keras(FIXTURES / "otrain_keras2.h5")
     assert meta["training"]["optimizer_state_ignored"] is True
     assert meta["training"]["keras_version"].startswith("2.")
+    meta, _ = read_keras(FIXTURES / "otrain_keras3_archive.keras")
+    assert meta["training"]["keras_format"] == "keras"
+    assert meta["training"]["keras_version"].startswith("3.")
 
 
 def test_import_keras_cli_writes_a_model_file_that_scores_the_same(tmp_path):

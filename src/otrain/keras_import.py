@@ -5,7 +5,8 @@ file holding the architecture as JSON (attribute ``model_config``) and the weigh
 ``model_weights``, one sub-group per layer, its datasets listed by the ``weight_names``
 attribute). Both layouts are read with h5py: Keras 2 (TensorFlow <= 2.15 or ``tf_keras``; names
 such as ``conv2d/kernel:0``, optimizer state in ``optimizer_weights``, ignored) and Keras 3's
-``.h5`` (names such as ``sequential/conv2d/kernel``).
+``.h5`` (names such as ``sequential/conv2d/kernel``). Keras 3's default ``.keras`` zip archive
+(``config.json`` and ``model.weights.h5`` with ``layers/<name>/vars/0, 1``) is read too.
 
 Only O'TRAIN's ``Sequential`` network is accepted (``original-otrain.md`` section 4: conv16,
 conv32, 2x2 average pooling, dropout, conv64, 2x2 max pooling, dropout, conv128, conv256, 2x2 max
@@ -26,7 +27,9 @@ channels read from the file and, under ``training``, where it came from.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,20 +50,32 @@ OTRAIN_LAYERS: tuple[tuple[str, int | None, str | None], ...] = (
     ("MaxPooling2D", None, None), ("Flatten", None, None), ("Dense", 512, "relu"),
     ("Dropout", None, None), ("Dense", 256, "relu"), ("Dense", 2, "softmax"),
 )
+ZIP_MAGIC = b"PK\x03\x04"
 #: Layers with weights, in order, and the otrain (``OTrainCNN``) module each one becomes.
 TORCH_NAMES = ("conv1", "conv2", "conv3", "conv4", "last_conv", "fc1", "fc2", "out")
 
 
 def is_keras_file(path: str | Path) -> bool:
-    """Whether ``path`` is an HDF5 file holding a Keras model (by content, not by suffix)."""
+    """Whether ``path`` holds a Keras model (by content, not by suffix): an HDF5 file with a
+    ``model_config`` or ``model_weights``, or a Keras 3 ``.keras`` zip archive."""
     path = Path(path)
     try:
-        if not path.is_file() or not h5py.is_hdf5(path):
+        if not path.is_file():
+            return False
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as zf:
+                return {"config.json", "model.weights.h5"} <= set(zf.namelist())
+        if not h5py.is_hdf5(path):
             return False
         with h5py.File(path, "r") as f:
             return "model_config" in f.attrs or "model_weights" in f
-    except OSError:
+    except (OSError, zipfile.BadZipFile):
         return False
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == ZIP_MAGIC
 
 
 def _text(value: Any) -> str:
@@ -166,6 +181,87 @@ def _layer_weights(group: h5py.Group, name: str, path: Path) -> tuple[np.ndarray
     return found["kernel"], found["bias"]
 
 
+_Read = tuple[list[dict[str, Any]], list[int] | None, list[tuple[np.ndarray, np.ndarray]],
+              dict[str, Any]]
+
+
+def _check_network(config: Any, path: Path) -> tuple[list[dict[str, Any]], list[int] | None,
+                                                    list[str]]:
+    """The checked layers, the input shape and the names of the layers with weights."""
+    layers, shape = _layer_list(config, path)
+    kinds = [layer.get("class_name", "?") for layer in layers]
+    if len(layers) != len(OTRAIN_LAYERS):
+        raise ModelFileError(f"not O'TRAIN's network: {len(layers)} layers "
+                             f"({', '.join(kinds)}), O'TRAIN's Sequential has "
+                             f"{len(OTRAIN_LAYERS)}", path)
+    for i, (layer, expected) in enumerate(zip(layers, OTRAIN_LAYERS, strict=True)):
+        _check_layer(i, layer, expected, path)
+    weighted = [layer["config"]["name"] for layer in layers
+                if layer["class_name"] in ("Conv2D", "Dense")]
+    return layers, shape, weighted
+
+
+def _read_h5(path: Path) -> _Read:
+    """A Keras 2 / Keras 3 ``.h5``: ``model_config`` attribute and ``model_weights`` group."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ModelFileError(f"not a Keras .h5 model ({exc})", path) from None
+    with f:
+        if "model_config" not in f.attrs:
+            what = "a model file without architecture (saved with save_weights?)" \
+                if "model_weights" in f or "layer_names" in f.attrs else \
+                "not a Keras model (an HDF5 file without 'model_config'; a datacube?)"
+            raise ModelFileError(what, path)
+        try:
+            config = json.loads(_text(f.attrs["model_config"]))
+        except json.JSONDecodeError:
+            raise ModelFileError("Keras file with an unreadable model_config", path) from None
+        layers, shape, weighted = _check_network(config, path)
+        group = f["model_weights"] if "model_weights" in f else f
+        weights = [_layer_weights(group, name, path) for name in weighted]
+        info = {"keras_format": "h5",
+                "keras_version": _text(f.attrs.get("keras_version",
+                                                   group.attrs.get("keras_version", "?"))),
+                "keras_backend": _text(f.attrs.get("backend", "?")),
+                "optimizer_state_ignored": "optimizer_weights" in f}
+    return layers, shape, weights, info
+
+
+def _read_archive(path: Path) -> _Read:
+    """A Keras 3 ``.keras`` zip: ``config.json``, ``metadata.json``, ``model.weights.h5``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if not {"config.json", "model.weights.h5"} <= names:
+                raise ModelFileError("a zip file that is not a Keras .keras model (no "
+                                     "config.json / model.weights.h5)", path)
+            config = json.loads(zf.read("config.json"))
+            meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
+            blob = zf.read("model.weights.h5")
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as exc:
+        raise ModelFileError(f"unreadable Keras .keras archive ({exc})", path) from None
+    layers, shape, weighted = _check_network(config, path)
+    # The archive keys layers by class, in order (conv2d, conv2d_1, ..., dense, dense_1, ...),
+    # not by their names.
+    keys = {"Conv2D": [f"conv2d_{i}" if i else "conv2d" for i in range(5)],
+            "Dense": [f"dense_{i}" if i else "dense" for i in range(3)]}
+    generic = keys["Conv2D"] + keys["Dense"]
+    with h5py.File(io.BytesIO(blob), "r") as f:
+        weights = []
+        for key, name in zip(generic, weighted, strict=True):
+            where = next((w for w in (f"layers/{key}/vars", f"layers/{name}/vars") if w in f),
+                         None)
+            if where is None or not {"0", "1"} <= set(f[where]):
+                raise ModelFileError(f"Keras archive has no weights for layer '{name}'", path)
+            weights.append((np.asarray(f[where]["0"], dtype=np.float32),
+                            np.asarray(f[where]["1"], dtype=np.float32)))
+        has_optimizer = "optimizer" in f
+    info = {"keras_format": "keras", "keras_version": str(meta.get("keras_version", "?")),
+            "keras_backend": "?", "optimizer_state_ignored": has_optimizer}
+    return layers, shape, weights, info
+
+
 def read_keras(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an O'TRAIN Keras ``.h5`` as otrain metadata and an ``OTrainCNN`` state dict.
 
@@ -189,35 +285,10 @@ def read_keras(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
         Not an HDF5 Keras file, another architecture, or weights that do not fit.
     """
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ModelFileError(f"not a Keras .h5 model ({exc})", path) from None
-    with f:
-        if "model_config" not in f.attrs:
-            what = "a model file without architecture (saved with save_weights?)" \
-                if "model_weights" in f or "layer_names" in f.attrs else \
-                "not a Keras model (an HDF5 file without 'model_config'; a datacube?)"
-            raise ModelFileError(what, path)
-        try:
-            config = json.loads(_text(f.attrs["model_config"]))
-        except json.JSONDecodeError:
-            raise ModelFileError("Keras file with an unreadable model_config", path) from None
-        layers, shape = _layer_list(config, path)
-        kinds = [layer.get("class_name", "?") for layer in layers]
-        if len(layers) != len(OTRAIN_LAYERS):
-            raise ModelFileError(f"not O'TRAIN's network: {len(layers)} layers "
-                                 f"({', '.join(kinds)}), O'TRAIN's Sequential has "
-                                 f"{len(OTRAIN_LAYERS)}", path)
-        for i, (layer, expected) in enumerate(zip(layers, OTRAIN_LAYERS, strict=True)):
-            _check_layer(i, layer, expected, path)
-        group = f["model_weights"] if "model_weights" in f else f
-        weighted = [layer["config"]["name"] for layer in layers
-                    if layer["class_name"] in ("Conv2D", "Dense")]
-        weights = [_layer_weights(group, name, path) for name in weighted]
-        keras_version = _text(f.attrs.get("keras_version", group.attrs.get("keras_version", "?")))
-        backend = _text(f.attrs.get("backend", "?"))
-        has_optimizer = "optimizer_weights" in f
+    if not path.is_file():
+        raise ModelFileError("no such model file", path)
+    reader = _read_archive if _is_zip(path) else _read_h5
+    layers, shape, weights, info = reader(path)
     if shape is None:
         raise ModelFileError("Keras model without an input shape", path)
     h, w, c = (int(s) for s in shape)
@@ -232,9 +303,7 @@ def read_keras(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
             "dropout": dropouts[0] if dropouts else 0.0, "normalisation": "none",
             "threshold": 0.5,
             "training": {"source": "keras", "imported_from": str(path.resolve()),
-                         "sha256": digest, "keras_version": keras_version,
-                         "keras_backend": backend, "optimizer_state_ignored": has_optimizer,
-                         "dropout_rates": dropouts}}
+                         "sha256": digest, **info, "dropout_rates": dropouts}}
     return meta, state
 
 

@@ -13,8 +13,9 @@ from otrain.stream_api import canonical_channels
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the flags of ``otrain-import-keras``."""
     parser.add_argument("keras_model", metavar="MODEL.h5",
-                        help="the Keras model saved by the original otrain-train (model.save, "
-                             "Keras 2 or Keras 3 .h5); TensorFlow is not needed")
+                        help="the Keras model saved by the original otrain-train (model.save: "
+                             "Keras 2 or Keras 3 .h5, or a Keras 3 .keras archive); TensorFlow "
+                             "is not needed")
     parser.add_argument("--output", required=True,
                         help="the otrain model file to write (.safetensors)")
     parser.add_argument("--channels", default=None,
