@@ -138,3 +138,16 @@ def test_cli_export_of_a_keras_model_reproduces_otrain_infer(tmp_path):
     assert read_onnx_metadata(out)["normalisation"] == "none"
     again = run_cli("otrain", "export", "--model", str(KERAS2), "--output", str(out))
     assert_clean_error(again, "already exists")
+
+
+def test_missing_extra_is_named(monkeypatch):
+    real = onnx_export.importlib.import_module
+
+    def fake(name, *args):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(onnx_export.importlib, "import_module", fake)
+    with pytest.raises(OtrainError, match=r"needs onnxruntime: pip install 'otrain\[onnx\]'"):
+        onnx_export.require_onnx()

@@ -181,3 +181,17 @@ def test_rubin_records_score_like_their_stamps(tmp_path):
     np.testing.assert_allclose(got, from_stamps, atol=1e-7)
     swapped = otrain.score_alerts(records, model, channels=("diff", "template", "sci"))
     assert np.abs(swapped["p_real"] - got).max() > 1e-6  # the channels asked for are fed
+
+
+def test_generic_channel_model_scores_alerts_when_channels_are_named(tmp_path):
+    model = otrain.load_model(_model(tmp_path, channels=("ch0", "ch1", "ch2"), size=16))
+    x = _stamps(3, 3, 16, seed=4)
+    records = [{"diaSource": {"diaSourceId": i}, "cutoutDifference": _rubin_fits(x[i, 0]),
+                "cutoutScience": _rubin_fits(x[i, 1]), "cutoutTemplate": _rubin_fits(x[i, 2])}
+               for i in range(3)]
+    with pytest.raises(OtrainError, match="not alert stamps"):
+        otrain.score_alerts(records, model)
+    got = otrain.score_alerts(records, model, channels=("diff", "sci", "template"))["p_real"]
+    np.testing.assert_allclose(got, otrain.score_stamps(x, model)["p_real"], atol=1e-7)
+    with pytest.raises(OtrainError, match="unknown channel"):
+        otrain.score_alerts(records, model, channels=("diff", "sci", "mask"))

@@ -21,6 +21,7 @@ torch's exporter uses).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import logging
@@ -129,7 +130,7 @@ def probability_module(loaded: LoadedModel) -> nn.Module:
     :func:`otrain.stream_api.model_scores` averages them; today a model is one network and its
     softmax column of the real class.
     """
-    return _SoftmaxReal(loaded.model)
+    return _SoftmaxReal(copy.deepcopy(loaded.model).to("cpu").eval())
 
 
 class _SoftmaxReal(nn.Module):
@@ -241,7 +242,7 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
 
     check_writable(output, overwrite)
 
-    graph = ScoringGraph(loaded).to("cpu").eval()
+    graph = ScoringGraph(loaded).eval()
     c = len(loaded.channels)
     h, w = loaded.input_size
     example = torch.from_numpy(check_batch(loaded, 3, seed))

@@ -196,16 +196,23 @@ def score_stamps(stamps: np.ndarray, model: StreamModel | LoadedModel,
     return _result(p_real, spread, column)
 
 
-def _alert_channels(loaded: LoadedModel, channels: Sequence[str] | None) -> tuple[str, ...]:
+def _alert_channels(loaded: LoadedModel, channels: Sequence[str] | None
+                    ) -> tuple[tuple[str, ...], int]:
+    """The stamps to feed and the window side (the model's square input)."""
+    from otrain.alerts.reading import check_channels
     from otrain.inference_alerts import check_alert_model
 
     if channels is None:
-        return check_alert_model(loaded)[0]
-    chans = canonical_channels(channels)
+        return check_alert_model(loaded)
+    chans = check_channels(canonical_channels(channels))
     if len(chans) != len(loaded.channels):
         raise OtrainError(f"{len(chans)} channels asked for, the model takes "
-                          f"{len(loaded.channels)}")
-    return chans
+                          f"{len(loaded.channels)}", loaded.path)
+    h, w = loaded.input_size
+    if h != w:
+        raise OtrainError(f"model input {h}x{w} is not square: alert windows are square",
+                          loaded.path)
+    return chans, h
 
 
 def score_alerts(alerts: Iterable[Mapping[str, Any]], model: StreamModel | LoadedModel,
@@ -219,11 +226,11 @@ def score_alerts(alerts: Iterable[Mapping[str, Any]], model: StreamModel | Loade
         fastavro records, ``Row.asDict(recursive=True)`` of Spark rows, or flat dicts with
         ``candid`` (ZTF) / ``diaSource`` (Rubin) and the ``cutout*`` stamps.
     model : StreamModel or LoadedModel
-        From :func:`load_model`; its channels must be alert stamps (diff, sci, ref) and its
-        input square.
+        From :func:`load_model`; its input must be square.
     channels : sequence of str, optional
-        Stamps to feed, in the model's input order (default: the model's channels; Rubin names
-        accepted).
+        Stamps to feed, in the model's input order (default: the model's channels, which must
+        then be alert stamps; needed for models with generic ``ch0``... channels, such as a
+        multi-channel Keras import). Rubin names accepted.
     column : str, default "p_real"
         Output name; ``"reliability"`` as Rubin.
     errors : {"nan", "raise"}, default "nan"
@@ -236,13 +243,11 @@ def score_alerts(alerts: Iterable[Mapping[str, Any]], model: StreamModel | Loade
     """
     from otrain.alerts.reading import _add_alert, _Batch
     from otrain.alerts.report import AlertReport
-    from otrain.inference_alerts import check_alert_model
 
     if errors not in ("nan", "raise"):
         raise OtrainError(f"errors must be 'nan' or 'raise', got {errors!r}")
     loaded = _as_loaded(model)
-    _, size = check_alert_model(loaded)
-    chans = _alert_channels(loaded, channels)
+    chans, size = _alert_channels(loaded, channels)
     records = list(alerts)
     batch = _Batch(max(1, len(records)), len(chans), size)
     report = AlertReport()
