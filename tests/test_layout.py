@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"convert", "models"},
     {"training"},
     {"inference"},
-    {"evaluation"},
+    {"evaluation", "broker"},                                     # reports; models out
     {"label"},
     {"cli"},
     {""},                                                         # otrain/__init__: the facade

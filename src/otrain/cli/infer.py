@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of FITS cutouts, a datacube (.h5 or O'TRAIN .npz), "
                              "cutout files, or alert packets (.avro/.parquet files or folders)")
     parser.add_argument("--model", required=True,
-                        help="the trained model file, including its extension (.safetensors)")
+                        help="the trained model file, including its extension (.safetensors, "
+                             "or an original O'TRAIN Keras .h5)")
     parser.add_argument("--prob-ratio", type=float, default=0.001,
                         help="kept for compatibility with O'TRAIN; has no effect")
     parser.add_argument("--output", default=None,

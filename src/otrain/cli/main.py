@@ -41,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                               "trained on growing subsets of a cube"),
     "alerts-to-fits": ("alerts_to_fits", "write survey alerts as O'TRAIN-style FITS cutouts "
                        "(true/ and false/ folders with a label rule)"),
+    "import-keras": ("import_keras", "convert an original O'TRAIN Keras .h5 model into an "
+                     "otrain model file (no TensorFlow needed)"),
+    "export": ("export", "write a model as ONNX for alert brokers (raw stamps in, p_real out)"),
 }
 
 
@@ -123,6 +126,8 @@ checkinfer = _entry("checkinfer")
 grad_cam = _entry("grad-cam")
 optimise_dataset_size = _entry("optimise-dataset-size")
 alerts_to_fits = _entry("alerts-to-fits")
+import_keras = _entry("import-keras")
+export = _entry("export")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,8 +1,10 @@
 """The networks (by name: ``otrain``, the O'TRAIN CNN, and ``vgg6``), the per-cutout
 normalisations recorded in a model, and the model file (safetensors tensors + JSON metadata: loading
-it runs no code).
+it runs no code), and original O'TRAIN Keras ``.h5`` models read without TensorFlow.
 """
 
+from otrain.models.keras_convert import import_keras
+from otrain.models.keras_import import is_keras_file, read_keras
 from otrain.models.modelfile import (
     LoadedModel,
     load_model,
@@ -35,9 +37,12 @@ __all__ = [
     "build_model",
     "count_flops",
     "count_parameters",
+    "import_keras",
+    "is_keras_file",
     "load_model",
     "normalise",
     "predict_proba",
+    "read_keras",
     "read_metadata",
     "register_architecture",
     "resolve_device",

@@ -226,6 +226,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelFileError("no such model file", path)
     if path.is_dir():
         raise ModelFileError("is a folder, expected a model file (.safetensors)", path)
+    keras = _read_keras(path)
+    if keras is not None:
+        return keras[0]
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -246,13 +249,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _read_keras(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """Metadata and weights of an original O'TRAIN Keras ``.h5`` (by content), else None."""
+    from otrain.models.keras_import import is_keras_file, read_keras  # h5py only when needed
+
+    if not is_keras_file(path):
+        return None
+    meta, state = read_keras(path)
+    return _complete_meta(None, meta), state
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model file.
 
     Parameters
     ----------
     path : str or Path
-        A ``.safetensors`` file written by :func:`save_model`.
+        A ``.safetensors`` file written by :func:`save_model`, or an original O'TRAIN Keras
+        ``.h5`` (converted on the fly by :mod:`otrain.models.keras_import`).
     device : str or torch.device, default "cpu"
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
 
@@ -268,7 +282,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         recorded architecture.
     """
     path = Path(path)
-    meta = read_metadata(path)
+    keras = _read_keras(path) if path.is_file() else None
+    meta = read_metadata(path) if keras is None else keras[0]
     dev = resolve_device(device)
     try:
         model = build_model(meta["architecture"], meta["in_channels"], meta["input_size"],
@@ -277,8 +292,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ModelFileError(f"model metadata lacks {exc}", path) from None
     except OtrainError as exc:
         raise ModelFileError(f"cannot rebuild the network: {exc.reason}", path) from None
-    with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    if keras is not None:
+        state = keras[1]
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
