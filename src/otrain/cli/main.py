@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                               "trained on growing subsets of a cube"),
     "alerts-to-fits": ("alerts_to_fits", "write survey alerts as O'TRAIN-style FITS cutouts "
                        "(true/ and false/ folders with a label rule)"),
+    "label": ("label", "label and vet candidates in the browser, with active learning"),
 }
 
 
@@ -123,6 +124,7 @@ checkinfer = _entry("checkinfer")
 grad_cam = _entry("grad-cam")
 optimise_dataset_size = _entry("optimise-dataset-size")
 alerts_to_fits = _entry("alerts-to-fits")
+label = _entry("label")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""Labelling and vetting candidates in the browser, with active learning (``otrain label``)."""
