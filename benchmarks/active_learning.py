@@ -237,6 +237,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=41)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="1 seed, up to 200 labels")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds already in --out (same settings), run the others")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.max_labels, args.epochs = 1, 200, 3
@@ -260,8 +262,15 @@ def main() -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
         "oracle": "drb >= 0.5 (braai's machine score, not human vetting)",
         "alerts": int(y.size), "real": int(np.sum(y == 1)), "bogus": int(np.sum(y == 0))}
-    seeds = []
-    for seed in range(args.seeds):
+    seeds: list[dict[str, Any]] = []
+    if args.resume and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        same = {k: v for k, v in old["settings"].items() if k not in ("seeds", "resume")}
+        if same == {k: v for k, v in results["settings"].items() if k not in ("seeds", "resume")}:
+            seeds = [s for s in old["seeds"] if s["seed"] < args.seeds]
+            t_start -= old.get("total_seconds", 0.0)
+            print(f"resuming: seeds {[s['seed'] for s in seeds]} kept", flush=True)
+    for seed in range(len(seeds), args.seeds):
         seeds.append(run_seed(raw, xn, y, groups, seed, args))
         results["seeds"] = seeds
         results["summary"] = summarise(seeds)

@@ -135,6 +135,18 @@ def _draws(args: argparse.Namespace, the_pool):
     return np.concatenate(parts)
 
 
+def resolve_token(host: str, token: str | None) -> str | None:
+    """The token to require: ``token`` (checked), a random one for a non-local ``host``, or
+    None (loopback without ``--token``)."""
+    from otrain.label.server import is_local
+
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{16,128}", token):
+        raise OtrainError("--token must be 16-128 characters of letters, digits, - and _")
+    if token is None and not is_local(host):
+        return secrets.token_urlsafe(24)
+    return token
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the page (or export) until interrupted."""
     given = _inputs(args)
@@ -150,11 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise OtrainError(f"--port must be 1-65535, got {args.port}")
     local = is_local(args.host)
-    token = args.token
-    if token is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{16,128}", token):
-        raise OtrainError("--token must be 16-128 characters of letters, digits, - and _")
-    if token is None and not local:
-        token = secrets.token_urlsafe(24)
+    token = resolve_token(args.host, args.token)
     order = args.order or ("uncertainty" if args.model else "file")
     if order not in ("file", "random") and not args.model:
         raise OtrainError(f"--order {order} needs --model")
