@@ -183,6 +183,20 @@ def test_cube_and_alert_inputs(tmp_path, ztf_dir):
         assert meta["objectId"].startswith("ZTF") and "drb" in meta
         status, png = call(server.base + "/api/stamp/0/ref")
         assert status == 200 and png[:4] == b"\x89PNG"
+        picked = [call(server.base + f"/api/candidate/{i}")[1]["candid"] for i in range(5)]
+        for candid, word in zip(picked, "rbrus", strict=True):
+            assert call(server.base + "/api/label", {"candid": candid, "label": word})[0] == 200
+    # The loop: export, then otrain-convert --labels makes a training cube of those alerts.
+    run_cli("otrain-label", "--export", str(tmp_path / "l.csv"), "--db",
+            str(tmp_path / "z.sqlite"), check=True)
+    run_cli("otrain-convert", "--alerts", str(alerts), "--path", str(tmp_path / "run"),
+            "--cube", "vetted", "--labels", str(tmp_path / "l.csv"), "--frac-true", "all",
+            "--channels", "diff,sci,ref", "--cutout-size", "41", "--quiet", check=True)
+    from otrain.datacube import open_datacube
+
+    with open_datacube(tmp_path / "run" / "datacube" / "vetted.h5") as vetted:
+        assert dict(zip(np.asarray(vetted.table["candid"]).tolist(), vetted.labels.tolist(),
+                        strict=True)) == {picked[0]: 1, picked[1]: 0, picked[2]: 1}
 
 
 def test_cli_errors_are_one_line(tmp_path):

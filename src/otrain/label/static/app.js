@@ -10,7 +10,7 @@
   const KEYS = { r: "real", b: "bogus", u: "unsure", s: "skip" };
   const ui = {
     view: "single", pos: 0, state: null, cand: null, gridStart: 0, gridCells: [],
-    busy: false, counter: 0,
+    chain: Promise.resolve(), counter: 0,
   };
   const $ = (id) => document.getElementById(id);
 
@@ -134,8 +134,10 @@
         const cap = document.createElement("div");
         cap.textContent = item.candid;
         cell.append(img, cap);
-        cell.addEventListener("click", () => { select(item.position); });
-        cell.addEventListener("dblclick", () => { setView("single"); go(item.position); });
+        cell.addEventListener("click", () => { enqueue(() => go(item.position)); });
+        cell.addEventListener("dblclick", () => {
+          enqueue(() => { setView("single"); return go(item.position); });
+        });
         grid.append(cell);
         return cell;
       });
@@ -145,8 +147,6 @@
       cell.classList.toggle("selected", Number(cell.dataset.position) === pos);
     }
   }
-
-  function select(pos) { go(pos); }
 
   async function go(pos) {
     const total = ui.state ? ui.state.total : 0;
@@ -163,9 +163,19 @@
     }
   }
 
+  // Key presses run one after the other, in the order pressed: a fast labeller loses none.
+  // body[data-settled] counts the actions finished (tests wait on it).
+  let settled = 0;
+  function enqueue(action) {
+    ui.chain = ui.chain.then(action).catch((err) => { say(err.message); }).then(() => {
+      settled += 1;
+      document.body.dataset.settled = String(settled);
+    });
+    return ui.chain;
+  }
+
   async function label(word) {
-    if (ui.busy || !ui.state) return;
-    ui.busy = true;
+    if (!ui.state) return;
     try {
       const candid = ui.view === "grid" ? gridCandid(ui.pos) : ui.cand.candid;
       const res = await api("api/label", { candid: candid, label: word, nonce: nonce() });
@@ -176,7 +186,7 @@
       } else {
         await go(res.next === null ? res.position : res.next);
       }
-    } catch (err) { say(err.message); } finally { ui.busy = false; }
+    } catch (err) { say(err.message); }
   }
 
   function gridCandid(pos) {
@@ -185,15 +195,13 @@
   }
 
   async function undo() {
-    if (ui.busy) return;
-    ui.busy = true;
     try {
       const res = await api("api/undo", { nonce: nonce() });
       await refreshState();
       if (res.position === null) { say("nothing to undo"); return; }
       if (ui.view === "grid") { ui.gridCells = []; }
       await go(res.position);
-    } catch (err) { say(err.message); } finally { ui.busy = false; }
+    } catch (err) { say(err.message); }
   }
 
   function setView(view) {
@@ -215,17 +223,22 @@
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (ev.target && ev.target.tagName === "SELECT") return;
     const key = ev.key;
-    if (KEYS[key.toLowerCase()] && key.length === 1) { ev.preventDefault(); label(KEYS[key.toLowerCase()]); return; }
+    if (key.length === 1 && KEYS[key.toLowerCase()]) {
+      ev.preventDefault();
+      const word = KEYS[key.toLowerCase()];
+      enqueue(() => label(word));
+      return;
+    }
     const cols = ui.view === "grid" ? Math.max(1, Math.floor($("grid").clientWidth / 150)) : 1;
     switch (key) {
-      case "Backspace": ev.preventDefault(); undo(); break;
-      case "ArrowRight": ev.preventDefault(); go(ui.pos + 1); break;
-      case "ArrowLeft": ev.preventDefault(); go(ui.pos - 1); break;
-      case "ArrowDown": if (ui.view === "grid") { ev.preventDefault(); go(ui.pos + cols); } break;
-      case "ArrowUp": if (ui.view === "grid") { ev.preventDefault(); go(ui.pos - cols); } break;
+      case "Backspace": ev.preventDefault(); enqueue(undo); break;
+      case "ArrowRight": ev.preventDefault(); enqueue(() => go(ui.pos + 1)); break;
+      case "ArrowLeft": ev.preventDefault(); enqueue(() => go(ui.pos - 1)); break;
+      case "ArrowDown": if (ui.view === "grid") { ev.preventDefault(); enqueue(() => go(ui.pos + cols)); } break;
+      case "ArrowUp": if (ui.view === "grid") { ev.preventDefault(); enqueue(() => go(ui.pos - cols)); } break;
       case "?": toggleHelp(); break;
       case "Escape": toggleHelp(false); break;
-      case "g": setView(ui.view === "grid" ? "single" : "grid"); go(ui.pos); break;
+      case "g": enqueue(() => { setView(ui.view === "grid" ? "single" : "grid"); return go(ui.pos); }); break;
       case "i": $("invert").checked = !$("invert").checked; redrawStamps(); break;
       case "z": {
         const i = STRETCHES.indexOf($("stretch").value);
@@ -240,12 +253,19 @@
   async function start() {
     document.addEventListener("keydown", onKey);
     for (const id of ["btn-real", "btn-bogus", "btn-unsure", "btn-skip"]) {
-      $(id).addEventListener("click", (ev) => { label(ev.currentTarget.dataset.label); document.body.focus(); });
+      $(id).addEventListener("click", (ev) => {
+        const word = ev.currentTarget.dataset.label;
+        enqueue(() => label(word));
+        document.body.focus();
+      });
     }
-    $("btn-undo").addEventListener("click", () => { undo(); document.body.focus(); });
-    $("btn-prev").addEventListener("click", () => { go(ui.pos - 1); document.body.focus(); });
-    $("btn-next").addEventListener("click", () => { go(ui.pos + 1); document.body.focus(); });
-    $("btn-view").addEventListener("click", () => { setView(ui.view === "grid" ? "single" : "grid"); go(ui.pos); document.body.focus(); });
+    $("btn-undo").addEventListener("click", () => { enqueue(undo); document.body.focus(); });
+    $("btn-prev").addEventListener("click", () => { enqueue(() => go(ui.pos - 1)); document.body.focus(); });
+    $("btn-next").addEventListener("click", () => { enqueue(() => go(ui.pos + 1)); document.body.focus(); });
+    $("btn-view").addEventListener("click", () => {
+      enqueue(() => { setView(ui.view === "grid" ? "single" : "grid"); return go(ui.pos); });
+      document.body.focus();
+    });
     $("btn-help").addEventListener("click", () => { toggleHelp(); document.body.focus(); });
     $("stretch").addEventListener("change", () => { redrawStamps(); document.body.focus(); });
     $("invert").addEventListener("change", () => { redrawStamps(); document.body.focus(); });
