@@ -13,9 +13,10 @@ import signal
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, write_mef
 from label_support import Server, triplet_folder
 from otrain.alerts.labels import read_label_csv
 from otrain.label.store import LabelStore
@@ -77,6 +78,14 @@ def _press(driver, keys: str | list[str]) -> None:
         "return document.body.dataset.settled || '0'")) >= before + len(keys))
 
 
+def _click(driver, element_id: str) -> None:
+    """Click a button with the mouse and wait until its action is handled."""
+    before = int(driver.execute_script("return document.body.dataset.settled || '0'"))
+    driver.find_element("id", element_id).click()
+    _wait(driver, lambda d: int(d.execute_script(
+        "return document.body.dataset.settled || '0'")) >= before + 1)
+
+
 def _text(driver, css: str) -> str:
     return driver.find_element("css selector", css).text
 
@@ -126,7 +135,9 @@ def test_keys_export_and_resume_after_sigkill(browser, tmp_path):
         _open(browser, server.base + "/")
         assert "c_002" in _text(browser, "#meta")    # the queue resumes where it was
         assert "labelled 2 / queue 4 / total 6" in _text(browser, "#progress")
-        _press(browser, ["s", Keys.ARROW_LEFT])      # skip c_002; arrow back to it
+        _click(browser, "btn-skip")                  # the mouse works too: skip c_002
+        assert "c_003" in _text(browser, "#meta")
+        _press(browser, [Keys.ARROW_LEFT])           # arrow back to it without labelling
         assert "c_002" in _text(browser, "#meta") and "skip" in _text(browser, "#current-label")
 
         _press(browser, ["g"])                       # grid view
@@ -153,9 +164,6 @@ def test_keys_export_and_resume_after_sigkill(browser, tmp_path):
 def test_header_strings_stay_text(browser, tmp_path):
     root = triplet_folder(tmp_path / "cut", n=1, FILTER="<b>g</b>")
     evil = "<script>window.pwned=1</script>"
-    from conftest import write_mef
-    import numpy as np
-
     planes = {n: np.zeros((21, 21)) for n in ("DIFF", "SCI", "REF")}
     write_mef(root / "a_evil.fits", planes, CANDID=evil, FILTER="<img src=x onerror=alert(1)>")
     with Server("--cutouts", str(root), "--quiet") as server:

@@ -129,6 +129,20 @@ def test_token_is_required_on_every_request(tmp_path):
         assert status == 200 and b"otrain label" in page
 
 
+def test_two_labellers_on_one_db_and_their_agreement(tmp_path):
+    root = triplet_folder(tmp_path / "cut", n=4)
+    for who, words in (("ann", "rbrs"), ("bob", "rrru")):
+        with Server("--cutouts", str(root), "--labeller", who, "--quiet") as server:
+            for i, word in enumerate(words):
+                body = {"candid": f"c_{i:03d}", "label": word}
+                assert call(server.base + "/api/label", body)[0] == 200
+            st = call(server.base + "/api/state")[1]
+    assert st["labellers"] == ["ann", "bob"] and st["counts"]["real"] == 3
+    pair = st["agreement"][0]
+    assert (pair["a"], pair["b"], pair["n"]) == ("ann", "bob", 3)  # c_003: skip, unsure
+    assert pair["agree"] == pytest.approx(2 / 3, abs=1e-4)
+
+
 def test_non_local_bind_needs_a_token():
     assert resolve_token("127.0.0.1", None) is None
     made = resolve_token("0.0.0.0", None)
