@@ -139,3 +139,40 @@ def test_mc_dropout_draws_from_a_model():
     assert not any(m.training for m in net.modules())              # left in eval mode
     still = LoadedModel(model=build_model("vgg6", 3, (16, 16), 0.0), meta=loaded.meta)
     assert draws_from_model(still, images, 6).shape == (7, 1)     # no dropout: one column
+
+
+def test_kappa_of_two_labellers(tmp_path):
+    store = LabelStore(tmp_path / "l.sqlite")
+    for i, (x, y) in enumerate(zip("rrbbrb", "rrbbbb", strict=True)):
+        store.add_label(str(i), x, "ann")
+        store.add_label(str(i), y, "bob")
+    pair = agreement(store)["pairs"][0]
+    assert pair["n"] == 6 and pair["agree"] == pytest.approx(5 / 6, abs=1e-4)
+    assert pair["kappa"] == pytest.approx(2 / 3, abs=1e-4)  # po 5/6, pe 1/2
+    one = LabelStore(tmp_path / "m.sqlite")
+    for who in ("ann", "bob"):
+        one.add_label("1", "r", who)
+    assert agreement(one)["pairs"][0]["kappa"] is None
+
+
+def test_pool_from_cutouts_and_model_images(tmp_path):
+    from conftest import write_cutout
+    from otrain.label.pool import from_cutouts, model_images
+
+    rng = np.random.default_rng(0)
+    write_cutout(tmp_path / "true" / "a.fits", rng.normal(size=(20, 20)), CANDID="x")
+    write_cutout(tmp_path / "false" / "b.fits", rng.normal(size=(20, 20)), CANDID="x")
+    write_cutout(tmp_path / "c.fits", rng.normal(size=(20, 20)), CANDID=None, NAME=None)
+    (tmp_path / "bad.fits").write_bytes(b"not a FITS file")
+    pool = from_cutouts(tmp_path)
+    assert pool.channels == ["diff"] and len(pool) == 3
+    assert sorted(pool.candids) == ["c.fits", "x", "x#2"]   # unique; the file when missing
+    assert len(pool.skipped) == 1 and "bad.fits" in pool.skipped[0]
+    crop = model_images(pool, np.arange(3), ["diff"], (16, 16))
+    assert crop.shape == (3, 1, 16, 16)
+    full = pool.images([0])[0, 0]
+    assert np.array_equal(crop[0, 0], full[2:18, 2:18])
+    with pytest.raises(OtrainError, match="needs channels"):
+        model_images(pool, np.arange(3), ["diff", "sci"], (16, 16))
+    with pytest.raises(OtrainError, match="needs 32x32"):
+        model_images(pool, np.arange(3), ["diff"], (32, 32))

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from otrain.errors import OtrainError
 from otrain.label.store import LabelStore
 from otrain.outputs import check_writable, write_text_atomic
@@ -116,9 +118,12 @@ def agreement(store: LabelStore) -> dict[str, Any]:
 
 
 def _kappa(a: list[str], b: list[str]) -> float | None:
-    n = len(a)
-    po = sum(x == y for x, y in zip(a, b, strict=True)) / n
-    pe = sum((a.count(k) / n) * (b.count(k) / n) for k in CSV_VALUES)
-    if pe >= 1.0:
-        return None
-    return round((po - pe) / (1.0 - pe), 4)
+    """Cohen's kappa (scikit-learn); None when undefined (both gave one class only)."""
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        value = float(cohen_kappa_score(a, b, labels=list(CSV_VALUES)))
+    return round(value, 4) if np.isfinite(value) else None
