@@ -119,6 +119,8 @@ def test_token_is_required_on_every_request(tmp_path):
         assert call(server.base + "/")[0] == 401
         assert call(server.base + "/static/app.js")[0] == 401
         assert call(server.base + "/api/stamp/0/diff")[0] == 401
+        assert call(server.base + "/no/such/path")[0] == 401
+        assert call(server.base + "/api/label")[0] == 401            # before the 405
         assert call(server.base + "/api/label", {"candid": "c_000", "label": "r"})[0] == 401
         assert call(server.base + "/api/state", headers={"X-Otrain-Token": "wrong" * 4})[0] == 403
         assert call(server.base + "/api/state?token=" + "x" * 20)[0] == 403

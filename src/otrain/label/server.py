@@ -120,14 +120,25 @@ def create_app(session: LabelSession, token: str | None = None,
 
     def guarded(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
-            refused = check_token(request)
-            if refused is not None:
-                return refused
             try:
                 return await handler(request)
             except RequestError as exc:
                 return error(exc.reason, exc.status)
         return endpoint
+
+    class TokenMiddleware:
+        """Refuse every HTTP request (unknown paths included) without the token."""
+
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                refused = check_token(Request(scope))
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
 
     def position(request: Request) -> int:
         return session.check_position(int(request.path_params["pos"]))
@@ -194,6 +205,8 @@ def create_app(session: LabelSession, token: str | None = None,
     middleware = []
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    if token is not None:
+        middleware.append(Middleware(TokenMiddleware))
     return Starlette(routes=routes, middleware=middleware)
 
 
