@@ -191,9 +191,22 @@ def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
             "labels_to_target": labels_to_target(n_labels, list(mean), target),
             "labels_to_target_per_seed": per_seed}
     ref = out["strategies"].get("random", {}).get("labels_to_target")
-    for entry in out["strategies"].values():
+    for strategy, entry in out["strategies"].items():
         mine = entry["labels_to_target"]
         entry["ratio_to_random"] = (round(mine / ref, 3) if mine is not None and ref else None)
+        # Area under the learning curve (mean test AUC over the budgets), paired with random
+        # on the same split and starting labels: less noisy than one crossing point.
+        paired = [float(np.mean(s["curves"][strategy]["auc"])
+                        - np.mean(s["curves"]["random"]["auc"]))
+                  for s in seeds if strategy in s["curves"] and "random" in s["curves"]]
+        areas = [float(np.mean(s["curves"][strategy]["auc"])) for s in seeds
+                 if strategy in s["curves"]]
+        entry["mean_auc_over_curve"] = round(float(np.mean(areas)), 4)
+        if paired:
+            entry["minus_random"] = {
+                "mean": round(float(np.mean(paired)), 4),
+                "std": round(float(np.std(paired, ddof=1)), 4) if len(paired) > 1 else 0.0,
+                "per_seed": [round(v, 4) for v in paired]}
     return out
 
 
@@ -239,7 +252,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, up to 200 labels")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds already in --out (same settings), run the others")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="recompute the summary and plot of --out from its seeds")
     args = parser.parse_args()
+    if args.summarise_only:
+        results = json.loads(args.out.read_text())
+        results["summary"] = summarise(results["seeds"])
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        plot(results["summary"], results["settings"]["max_labels"], args.out.with_suffix(".png"))
+        return
     if args.quick:
         args.seeds, args.max_labels, args.epochs = 1, 200, 3
     torch.set_num_threads(args.threads)
@@ -265,8 +286,9 @@ def main() -> None:
     seeds: list[dict[str, Any]] = []
     if args.resume and args.out.is_file():
         old = json.loads(args.out.read_text())
-        same = {k: v for k, v in old["settings"].items() if k not in ("seeds", "resume")}
-        if same == {k: v for k, v in results["settings"].items() if k not in ("seeds", "resume")}:
+        skip = ("seeds", "resume", "summarise_only", "threads")
+        same = {k: v for k, v in old["settings"].items() if k not in skip}
+        if same == {k: v for k, v in results["settings"].items() if k not in skip}:
             seeds = [s for s in old["seeds"] if s["seed"] < args.seeds]
             t_start -= old.get("total_seconds", 0.0)
             print(f"resuming: seeds {[s['seed'] for s in seeds]} kept", flush=True)
