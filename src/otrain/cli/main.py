@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-keras": ("import_keras", "convert an original O'TRAIN Keras .h5 model into an "
                      "otrain model file (no TensorFlow needed)"),
     "export": ("export", "write a model as ONNX for alert brokers (raw stamps in, p_real out)"),
+    "label": ("label", "label and vet candidates in the browser, with active learning"),
 }
 
 
@@ -128,6 +129,7 @@ optimise_dataset_size = _entry("optimise-dataset-size")
 alerts_to_fits = _entry("alerts-to-fits")
 import_keras = _entry("import-keras")
 export = _entry("export")
+label = _entry("label")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
