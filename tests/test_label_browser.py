@@ -129,6 +129,13 @@ def test_keys_export_and_resume_after_sigkill(browser, tmp_path):
                        check=True)
         assert "2 labels" in proc.stdout
         assert read_label_csv(tmp_path / "l.csv") == {"c_000": 1, "c_001": 0}
+        run_cli("otrain-label", "--export-folders", str(tmp_path / "vetted"), "--db", str(db),
+                check=True)                          # the O'TRAIN true/ and false/ folders
+        assert sorted(p.name for p in (tmp_path / "vetted").rglob("*.fits")) == [
+            "c_000.fits", "c_001.fits"]
+        assert (tmp_path / "vetted" / "true" / "c_000.fits").read_bytes() == (
+            root / "c_000.fits").read_bytes()
+        assert (tmp_path / "vetted" / "false" / "c_001.fits").is_file()
 
         server.kill(signal.SIGKILL)                  # no clean shutdown
         server = Server(*args, port=server.port).start()

@@ -72,6 +72,13 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return given
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser() or "labeller"
+    except (OSError, KeyError):  # no login name in some containers
+        return "labeller"
+
+
 def default_db(args: argparse.Namespace) -> Path:
     """The database path: ``--db``, or beside the input."""
     if args.db:
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     order = args.order or ("uncertainty" if args.model else "file")
     if order not in ("file", "random") and not args.model:
         raise OtrainError(f"--order {order} needs --model")
-    labeller = args.labeller or getpass.getuser()
+    labeller = args.labeller or _login_name()
     the_pool = _load_pool(args)
     draws = _draws(args, the_pool) if args.model else None
     db = default_db(args)
