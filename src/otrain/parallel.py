@@ -7,11 +7,18 @@ that memory does not grow with the number of inputs. With one worker it runs in-
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
+import multiprocessing.pool
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -45,6 +52,64 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
+def _worker_init() -> None:
+    """Workers leave interrupts to their parent.
+
+    Ctrl-C in a terminal reaches every process of the group: the workers ignore SIGINT (no
+    tracebacks), the parent stops and terminates the pool (SIGTERM, default action in workers).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _start_pool
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the process that made it ends.
+
+    A pool whose workers were killed by the same signal as their parent can be left with
+    replacement workers its ``terminate`` never sees; they would wait for tasks for ever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent ended before the request took effect
+        os._exit(1)
+
+
+def _kill_pool(pool: mp.pool.Pool) -> None:
+    """Stop a pool at once, even one whose workers were killed by the same signal as us.
+
+    ``Pool.terminate`` first takes the task queue's lock, which an idle worker holds while it
+    waits; if that worker was killed (SIGTERM to the process group), the lock is never released
+    and ``terminate`` blocks for ever. So the workers are killed here and the pool's own
+    finaliser is cancelled (its helper threads are daemons and end with the process).
+    """
+    workers = getattr(pool, "_pool", None)
+    finaliser = getattr(pool, "_terminate", None)
+    handler = getattr(pool, "_worker_handler", None)
+    if workers is None or finaliser is None or not hasattr(finaliser, "cancel"):
+        pool.terminate()
+        return
+    if handler is not None:  # no more replacement workers
+        handler._state = mp.pool.TERMINATE
+    for _ in range(50):  # until the replacements started meanwhile are gone too
+        alive = [proc for proc in list(workers) if proc.exitcode is None]
+        if not alive:
+            break
+        for proc in alive:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        for proc in alive:
+            with contextlib.suppress(Exception):
+                proc.join(timeout=1)
+    finaliser.cancel()
+
+
 def ordered_map(
     func: Callable[[T], R],
     items: Sequence[T],
@@ -74,7 +139,18 @@ def ordered_map(
             yield func(item)
         return
     chunksize = max(1, min(64, batch_size // (4 * workers)))
-    with _context().Pool(workers) as pool:
+    # SIGINT/SIGTERM are blocked while the pool forks: a signal handled during a fork runs in an
+    # at-fork callback, where Python only prints the exception and the interrupt is lost. The
+    # pool's helper threads keep them blocked, the workers unblock them in _worker_init, and
+    # the main thread gets any pending one when the mask is restored, inside the try below.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        pool = _context().Pool(workers, initializer=_worker_init)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         pending = pool.map_async(func, batches[0], chunksize) if batches else None
         for k in range(len(batches)):
@@ -83,3 +159,7 @@ def ordered_map(
             pending = (pool.map_async(func, batches[k + 1], chunksize)
                        if k + 1 < len(batches) else None)
             yield from results
+    except BaseException:  # an error, an interrupt, or the consumer stopped early
+        _kill_pool(pool)
+        raise
+    pool.terminate()

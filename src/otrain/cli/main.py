@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -59,7 +61,25 @@ def _build_command_parser(name: str, prog: str, parser: argparse.ArgumentParser 
     return parser, module
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so clean-up (temporary files, pools) runs."""
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked worker that kept the handler: end quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(run(args) or 0)
     except OtrainError as exc:
@@ -68,6 +88,11 @@ def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:

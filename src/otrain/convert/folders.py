@@ -37,7 +37,7 @@ from otrain.cutouts.reading import (
 from otrain.datacube.cube import BOGUS, REAL
 from otrain.datacube.hdf5 import DatacubeWriter, open_datacube, write_subset
 from otrain.errors import CutoutError, OtrainError
-from otrain.outputs import check_writable, write_text_atomic
+from otrain.outputs import TMP_TAG, check_writable, write_text_atomic
 from otrain.parallel import ordered_map, resolve_workers
 from otrain.progress import Progress, info
 
@@ -223,10 +223,14 @@ def convert_cutouts(
              ((REAL, "true"), (BOGUS, "false"))}
     report = ConvertReport(cube=str(out_path), cutouts=str(cutouts_dir),
                            n_true_files=len(files[REAL]), n_false_files=len(files[BOGUS]))
-    tmp_path = out_path.with_name(f".{out_path.name}.all.h5")
+    tmp_path = out_path.with_name(f".{out_path.name}{TMP_TAG}all.h5")
     try:
         rows = _read_all(files, tmp_path, config, report, quiet, map_files)
         _select_and_write(tmp_path, rows, out_path, config, report, overwrite)
+    except OtrainError as exc:
+        if exc.path == str(tmp_path):  # the intermediate file is ours: name the cube asked for
+            raise OtrainError(exc.reason, out_path) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

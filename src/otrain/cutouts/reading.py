@@ -34,6 +34,7 @@ from astropy.io import fits
 
 from otrain.cutouts.fitsfile import FitsFormatError, ImageHDU, parse_hdus, read_bytes
 from otrain.errors import CutoutError, OtrainError
+from otrain.outputs import is_temporary
 
 #: File name endings recognised as FITS cutouts.
 CUTOUT_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
@@ -102,7 +103,8 @@ def find_cutouts(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise OtrainError("no such folder", folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_cutout_file(p))
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and is_cutout_file(p) and not is_temporary(p))
 
 
 def parse_channels(text: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,10 @@ from otrain._version import __version__
 from otrain.datacube.cube import _CHUNK_BYTES, FORMAT_NAME, FORMAT_VERSION, Datacube
 from otrain.datacube.npz import load_npz
 from otrain.errors import OtrainError
-from otrain.outputs import atomic_output
+from otrain.outputs import atomic_output, write_error
+
+#: Bytes reserved beyond the data for HDF5's own metadata when the file is closed.
+_CLOSE_MARGIN = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------
@@ -120,14 +126,71 @@ class DatacubeWriter:
         self._columns: dict[str, list[np.ndarray]] = {}
         self._n = 0
         self._ctx = atomic_output(self.path, overwrite)
-        tmp = self._ctx.__enter__()
-        self._file = h5py.File(tmp, "w")
+        self._tmp = self._ctx.__enter__()
+        self._file: h5py.File | None = None
         per_image = 4 * int(np.prod(self.image_shape))
         chunk_n = max(1, min(1024, _CHUNK_BYTES // per_image))
-        self._images = self._file.create_dataset(
-            "images", shape=(0, *self.image_shape), maxshape=(None, *self.image_shape),
-            dtype=np.float32, chunks=(chunk_n, *self.image_shape),
-        )
+        with self._write_errors():
+            self._file = h5py.File(self._tmp, "w")
+            self._images = self._file.create_dataset(
+                "images", shape=(0, *self.image_shape), maxshape=(None, *self.image_shape),
+                dtype=np.float32, chunks=(chunk_n, *self.image_shape),
+            )
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A failed HDF5 write (disk full, permission) aborts the file: one line naming it."""
+        try:
+            yield
+        except OtrainError:
+            self.abort()
+            raise
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            raise write_error(exc, self.path) from None
+
+    def _reserve(self, nbytes: int) -> None:
+        """Allocate disk space for the next ``nbytes`` (and a margin for closing) beforehand.
+
+        HDF5 cannot recover from a failed write: its file then cannot be closed, and the
+        interpreter crashes when it lets go of it. Reserving the space first turns a full disk
+        into an ordinary error while the file can still be closed (within the margin). The
+        reservation lies beyond HDF5's end of allocation, which it truncates to on close.
+        """
+        assert self._file is not None
+        target = int(self._file.id.get_filesize()) + int(nbytes) + _CLOSE_MARGIN
+        try:
+            size = os.stat(self._tmp).st_size
+            if target > size:
+                fd = os.open(self._tmp, os.O_WRONLY)
+                try:
+                    os.posix_fallocate(fd, size, target - size)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return  # a file system without fallocate: best effort
+            raise
+
+    def _close_file(self) -> None:
+        """Close the HDF5 file exactly once, even when the disk is full.
+
+        HDF5 flushes on close; if that fails the library keeps the file open and closing it
+        again when the object is garbage-collected can crash the interpreter. So on failure the
+        temporary file is truncated (freeing the space) and the close retried, then the error
+        is raised.
+        """
+        handle, self._file = self._file, None
+        if handle is None:
+            return
+        try:
+            handle.close()
+        except (OSError, RuntimeError):
+            with contextlib.suppress(OSError):
+                os.truncate(self._tmp, 0)
+            with contextlib.suppress(Exception):
+                handle.close()
+            raise
 
     def __len__(self) -> int:
         return self._n
@@ -155,37 +218,48 @@ class DatacubeWriter:
                 raise OtrainError(f"column '{name}' has {arr.shape[0]} rows for {n} images",
                                   self.path)
             self._columns.setdefault(name, []).append(arr)
-        self._images.resize(self._n + n, axis=0)
-        self._images[self._n : self._n + n] = images
+        with self._write_errors():
+            self._reserve(images.nbytes)
+            self._images.resize(self._n + n, axis=0)
+            self._images[self._n : self._n + n] = images
         self._n += n
 
     def close(self) -> Path:
         """Write the table and attributes, then move the file into place."""
-        table_group = self._file.create_group("table")
         names = list(self._columns)
         for required in ("candid", "label"):
             if required not in names:
+                self.abort()
                 raise OtrainError(f"datacube needs a '{required}' column", self.path)
-        for name in names:
-            arr = np.concatenate(self._columns[name]) if self._columns[name] else np.array([])
-            _write_column(table_group, name, arr)
-        table_group.attrs["columns"] = json.dumps(names)
-        self._file.attrs["format"] = FORMAT_NAME
-        self._file.attrs["format_version"] = FORMAT_VERSION
-        self._file.attrs["channels"] = json.dumps(self.channels)
-        self._file.attrs["otrain_version"] = __version__
-        self._file.attrs["provenance"] = json.dumps(self.provenance, default=str)
-        self._file.close()
-        self._ctx.__exit__(None, None, None)
+        with self._write_errors():
+            assert self._file is not None
+            self._reserve(sum(a.nbytes if a.dtype.kind != "O" else 64 * a.size
+                              for arrays in self._columns.values() for a in arrays))
+            table_group = self._file.create_group("table")
+            for name in names:
+                arr = np.concatenate(self._columns[name]) if self._columns[name] else np.array([])
+                _write_column(table_group, name, arr)
+            table_group.attrs["columns"] = json.dumps(names)
+            self._file.attrs["format"] = FORMAT_NAME
+            self._file.attrs["format_version"] = FORMAT_VERSION
+            self._file.attrs["channels"] = json.dumps(self.channels)
+            self._file.attrs["otrain_version"] = __version__
+            self._file.attrs["provenance"] = json.dumps(self.provenance, default=str)
+            self._close_file()
+        ctx, self._ctx = self._ctx, None
+        assert ctx is not None
+        ctx.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
         """Discard what was written; an existing destination is left as it was."""
-        self._file.close()
-        try:
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
+        if self._ctx is None:
+            return
+        ctx, self._ctx = self._ctx, None
+        with contextlib.suppress(Exception):
+            self._close_file()
+        with contextlib.suppress(Exception):
+            ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> DatacubeWriter:
         return self

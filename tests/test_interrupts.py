@@ -1,0 +1,99 @@
+"""Interrupts: SIGINT / SIGTERM sent to the whole process group (as a terminal or a batch system
+does) end a command and its worker pool within seconds, exit 130 / 143, no worker traceback, no
+partial output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, make_labelled_folder
+
+_SLOW_MAP = """
+import sys, time
+from otrain.cli.main import _execute
+from otrain.parallel import ordered_map
+
+def slow(x):
+    time.sleep(0.02)
+    return x
+
+def run(args):
+    for i, _ in enumerate(ordered_map(slow, list(range(20000)), 2, 256)):
+        if i == 0:
+            print("started", flush=True)
+    return 0
+
+sys.exit(_execute("slowmap", run, None))
+"""
+
+
+def _stop(proc: subprocess.Popen, sig: int, limit: float = 10.0) -> tuple[int, float, str]:
+    """Send ``sig`` to the process group; return (exit status, seconds to exit, stderr)."""
+    os.killpg(proc.pid, sig)
+    start = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"still running {limit:.0f} s after signal {sig} (hang)")
+    return proc.returncode, time.monotonic() - start, err
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_worker_pool_stops_on_group_signal(sig: int, status: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_MAP], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    code, seconds, err = _stop(proc, sig)
+    assert code == status, err
+    assert seconds < 5
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
+@pytest.fixture(scope="module")
+def many_cutouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1200 small cutouts: enough for convert to use two worker processes."""
+    return make_labelled_folder(tmp_path_factory.mktemp("many"), 600, 600, size=8)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_convert_interrupted(many_cutouts: Path, tmp_path: Path, sig: int, status: int) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [str(BIN / "otrain-convert"), "--path", str(out), "--cube", "c", "--cutouts",
+         str(many_cutouts), "--workers", "2", "--seed", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2:  # the reading pool is up
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"convert ended or stalled before reading: {proc.communicate()}")
+        time.sleep(0.005)
+    code, seconds, err = _stop(proc, sig)
+    if code == 0:
+        pytest.skip("convert finished before the signal arrived")
+    assert code == status, err
+    assert seconds < 5
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith("interrupted" if status == 130 else
+                                                  "terminated"), err
+    cube_dir = out / "datacube"
+    assert not cube_dir.is_dir() or sorted(p.name for p in cube_dir.iterdir()) == []
