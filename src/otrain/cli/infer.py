@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from otrain.cli.common import add_device, parse_threshold, resolve_threshold
 from otrain.cluster import add_dask_arguments
+from otrain.cutouts.keywords import parse_keyword_map
 from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
 from otrain.inference.core import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
@@ -41,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "real candidates at the model's threshold")
     parser.add_argument("--channels", default=None,
                         help="comma-separated channels from diff,sci,ref (default: the model's)")
+    parser.add_argument("--keywords", default=None, metavar="OURS=YOURS,...|FILE",
+                        help="your header names for ours: MAG=MAG_AUTO,FWHM=FWHM_IMAGE,... (also "
+                             "DIFF/SCI/REF=EXTNAME for the channels' HDUs), or a .toml/.json "
+                             "file of such pairs")
     parser.add_argument("--cutout-size", type=int, default=None,
                         help="centre-crop cutouts to NxN; -1 keeps the full size (default: the "
                              "model's input size)")
@@ -62,8 +67,12 @@ def run(args: argparse.Namespace) -> int:
     if len(args.cutouts) > 1 and any(is_datacube_path(p) for p in args.cutouts):
         raise OtrainError("give --cutouts one datacube, or cutout files, not both")
     channels = parse_channels(args.channels) if args.channels is not None else None
+    keywords = parse_keyword_map(args.keywords)
+    if keywords and args.scheduler is not None:
+        raise OtrainError("--keywords is not yet supported with --scheduler")
+    extra = {"keywords": keywords} if keywords else {}
     score = infer if args.scheduler is None else dask_infer(args)  # --scheduler: on Dask
-    result = score(source, args.model, args.output, channels=channels,
+    result = score(source, args.model, args.output, channels=channels, **extra,
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
                    strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)

@@ -77,6 +77,7 @@ def score_cutouts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    keywords: dict[str, str] | None = None,
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -87,7 +88,8 @@ def score_cutouts(
     """
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
-                                        batch_size, workers, threshold, strict, quiet, report))
+                                        batch_size, workers, threshold, strict, quiet, report,
+                                        keywords))
     return InferResult(table, report)
 
 
@@ -222,6 +224,7 @@ def infer(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    keywords: dict[str, str] | None = None,
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -240,6 +243,8 @@ def infer(
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     overwrite : bool, default False
         Replace an existing output file.
+    keywords : dict, optional
+        The user's header names for cutout files (:mod:`otrain.cutouts.keywords`).
 
     Returns
     -------
@@ -258,7 +263,7 @@ def infer(
         result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet)
+                               threshold, strict, quiet, keywords)
     write_scores(result.table, out, overwrite,
                  provenance(str(model_path), loaded.meta, threshold))
     result.report.output = str(out)
