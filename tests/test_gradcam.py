@@ -144,6 +144,7 @@ def test_overlays_in_the_cam_folder_one_panel_per_channel(tmp_path: Path) -> Non
 def test_cli_honours_cam_path_and_reports_bad_input(trained: Path, tmp_path: Path) -> None:
     cube = _cube(tmp_path / "c1.h5", 40, 1, seed=9)
     out = tmp_path / "elsewhere" / "cams"
+    out.parent.mkdir()  # the command creates its own folder, not the ones above
     proc = run_cli("otrain-grad-cam", "--cube", str(cube), "--model-path", str(trained),
                    "--cam_path", str(out), "--n_random", "3", "--threshold", "0.5",
                    "--seed", "1", check=True)

@@ -8,6 +8,7 @@ from otrain.alerts import LabelRule
 from otrain.cluster import add_dask_arguments
 from otrain.convert.dask import dask_convert
 from otrain.convert.folders import ConvertConfig, convert_cutouts, datacube_path
+from otrain.cutouts.keywords import parse_keyword_map
 from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
 
@@ -77,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated channels from diff,sci,ref (default: diff)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random choice of cutouts (default: 0)")
+    parser.add_argument("--keywords", default=None, metavar="OURS=YOURS,...|FILE",
+                        help="your header names for ours: MAG=MAG_AUTO,FWHM=FWHM_IMAGE,... (also "
+                             "DIFF/SCI/REF=EXTNAME for the channels' HDUs), or a .toml/.json "
+                             "file of such pairs")
     parser.add_argument("--workers", type=int, default=0,
                         help="reading processes for --cutouts; 0 = one per core (default: 0)")
     parser.add_argument("--strict", action="store_true",
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the conversion and print what the cube holds."""
     config = ConvertConfig(frac_true=args.frac_true, cutout_size=args.cutout_size,
                            channels=parse_channels(args.channels), seed=args.seed,
-                           workers=args.workers, strict=args.strict)
+                           workers=args.workers, strict=args.strict,
+                           keywords=parse_keyword_map(args.keywords))
     out = datacube_path(args.path_datacube, args.cube)
     convert = convert_cutouts if args.scheduler is None else dask_convert(args)  # on Dask
     if args.alerts:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from otrain.cli.common import add_overwrite, add_scoring, add_threshold, add_validation_inputs
+from otrain.cli.common import (
+    add_overwrite,
+    add_scoring,
+    add_threshold,
+    add_validation_inputs,
+    resolve_threshold,
+)
 from otrain.evaluation.diagnostics import print_diagnostics, run_diagnostics
 
 
@@ -26,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the cube once, write diagnostics.json and the cutouts, print the summary."""
-    result = run_diagnostics(args.path_cube_validation, args.model_path, args.path_diagnostics,
-                             threshold=args.threshold, n_examples=args.n_examples,
+    threshold = resolve_threshold(args.threshold, args.model)
+    result = run_diagnostics(args.path_cube_validation, args.model, args.path_diagnostics,
+                             threshold=threshold, n_examples=args.n_examples,
                              seed=args.seed, overwrite=args.overwrite,
                              batch_size=args.batch_size, device=args.device, quiet=args.quiet)
     print_diagnostics(result, args.quiet)

@@ -13,25 +13,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from otrain.cli.common import add_device, parse_threshold, resolve_threshold
 from otrain.cluster import add_dask_arguments
+from otrain.cutouts.keywords import parse_keyword_map
 from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
 from otrain.inference.core import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
 from otrain.inference.dask.client import dask_infer
-from otrain.models.modelfile import read_metadata
-
-
-def _threshold(text: str) -> float | str:
-    if text.strip().lower() == "model":
-        return "model"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'model', got {text!r}"
-                                         ) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"scores table, format by extension ({', '.join(FORMATS)}); default "
                              f"<cutouts>/{DEFAULT_OUTPUT_NAME} as O'TRAIN, or "
                              f"<cube>_{DEFAULT_OUTPUT_NAME} beside a datacube")
-    parser.add_argument("--threshold", type=_threshold, default=None,
+    parser.add_argument("--threshold", type=parse_threshold, default=None,
                         help="add a 'class' column: 1 (real) when P(real) > threshold, else 0; "
                              "'model' uses the threshold recorded in the model file. Default: "
                              "no class column (the original layout); the summary then counts "
                              "real candidates at the model's threshold")
     parser.add_argument("--channels", default=None,
                         help="comma-separated channels from diff,sci,ref (default: the model's)")
+    parser.add_argument("--keywords", default=None, metavar="OURS=YOURS,...|FILE",
+                        help="your header names for ours: MAG=MAG_AUTO,FWHM=FWHM_IMAGE,... (also "
+                             "DIFF/SCI/REF=EXTNAME for the channels' HDUs), or a .toml/.json "
+                             "file of such pairs")
     parser.add_argument("--cutout-size", type=int, default=None,
                         help="centre-crop cutouts to NxN; -1 keeps the full size (default: the "
                              "model's input size)")
@@ -62,8 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cutouts read and scored per batch (default: 512)")
     parser.add_argument("--workers", type=int, default=0,
                         help="reading processes; 0 = one per core (default: 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
-                        help="where to run the network (default: cpu)")
+    add_device(parser, "where to run the network; auto = a GPU if any (default: auto)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -72,15 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, write the table and print a short summary."""
-    threshold = args.threshold
-    if threshold == "model":
-        threshold = float(read_metadata(args.model).get("threshold", 0.5))
+    threshold = resolve_threshold(args.threshold, args.model)
     source = args.cutouts[0] if len(args.cutouts) == 1 else args.cutouts
     if len(args.cutouts) > 1 and any(is_datacube_path(p) for p in args.cutouts):
         raise OtrainError("give --cutouts one datacube, or cutout files, not both")
     channels = parse_channels(args.channels) if args.channels is not None else None
+    keywords = parse_keyword_map(args.keywords)
+    if keywords and args.scheduler is not None:
+        raise OtrainError("--keywords is not yet supported with --scheduler")
+    extra = {"keywords": keywords} if keywords else {}
     score = infer if args.scheduler is None else dask_infer(args)  # --scheduler: on Dask
-    result = score(source, args.model, args.output, channels=channels,
+    result = score(source, args.model, args.output, channels=channels, **extra,
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
                    strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)

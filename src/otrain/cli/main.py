@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from otrain._version import __version__
+from otrain.cli.common import require_parent
 from otrain.errors import OtrainError
 
 #: command name -> (module under otrain.cli, one-line help). Only commands that work are listed.
@@ -47,6 +48,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "otrain model file (no TensorFlow needed)"),
     "export": ("export", "write a model as ONNX for alert brokers (raw stamps in, p_real out)"),
     "label": ("label", "label and vet candidates in the browser, with active learning"),
+    "set-threshold": ("set_threshold", "write an operating point (threshold) into a model file, "
+                      "recorded with how it was chosen"),
+}
+
+#: command name -> (argparse dest, flag) of the outputs it owns: the command creates that file
+#: or folder (and what is inside), never a missing folder above it.
+OUTPUT_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "convert": (("path_datacube", "--path"),),
+    "simulate": (("outdir", "--outdir"),),
+    "train": (("model_path", "--model-path"),),
+    "infer": (("output", "--output"),),
+    "diagnostics": (("path_diagnostics", "--path-diagnostics"),),
+    "plot-results": (("path_plots", "--path-plots"),),
+    "report": (("output", "--output"),),
+    "checkinfer": (("plots", "--plots"),),
+    "grad-cam": (("cam_path", "--cam-path"),),
+    "optimise-dataset-size": (("model_path", "--model-path"), ("outdir", "--outdir")),
+    "alerts-to-fits": (("outdir", "--outdir"),),
+    "set-threshold": (("output", "--output"),),
+    "import-keras": (("output", "--output"),),
+    "export": (("output", "--output"),),
+    "label": (("db", "--db"), ("export", "--export"), ("export_folders", "--export-folders")),
 }
 
 
@@ -55,7 +78,8 @@ def _build_command_parser(name: str, prog: str, parser: argparse.ArgumentParser 
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(f"otrain.cli.{module_name}")
     if parser is None:
-        parser = argparse.ArgumentParser(prog=prog, description=help_text)
+        parser = argparse.ArgumentParser(prog=prog, description=help_text, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"otrain {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     module.add_arguments(parser)  # type: ignore[attr-defined]
     return parser, module
@@ -76,11 +100,19 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def _check_outputs(name: str, args: argparse.Namespace) -> None:
+    for dest, flag in OUTPUT_FLAGS.get(name, ()):
+        require_parent(getattr(args, dest, None), flag)
+
+
+def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+             name: str | None = None) -> int:
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if name is not None:
+            _check_outputs(name, args)
         return int(run(args) or 0)
     except OtrainError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -115,14 +147,15 @@ def run_command(name: str, argv: Sequence[str] | None = None, prog: str | None =
     prog = prog or f"otrain-{name}"
     parser, module = _build_command_parser(name, prog)
     args = parser.parse_args(argv)
-    return _execute(prog, module.run, args)  # type: ignore[attr-defined]
+    return _execute(prog, module.run, args, name)  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``otrain <command> [options]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog="otrain", description="Real/bogus classification of transient candidate cutouts.")
+        prog="otrain", description="Real/bogus classification of transient candidate cutouts.",
+        allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"otrain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (_, help_text) in COMMANDS.items():
@@ -155,6 +188,8 @@ alerts_to_fits = _entry("alerts-to-fits")
 import_keras = _entry("import-keras")
 export = _entry("export")
 label = _entry("label")
+report = _entry("report")
+set_threshold = _entry("set-threshold")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

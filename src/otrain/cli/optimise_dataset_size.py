@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="early-stopping patience in epochs; 0 never stops early "
                              f"(default: {d.patience})")
-    add_device(parser, d.device, f"where to train (default: {d.device})")
+    add_device(parser, "where to train; auto = a GPU if any (default: auto)")
     parser.add_argument("--lean", action="store_true",
                         help="after scoring each run, delete its checkpoint.pt and validation "
                              "cube (keeps the model file, history and metrics)")

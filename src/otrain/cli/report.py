@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from otrain.cli.common import add_overwrite, add_scoring
+from otrain.cli.common import add_overwrite, add_scoring, add_threshold
 from otrain.evaluation.report import build_report
 
 
@@ -21,16 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", default=None,
                         help="HTML file to write (default: <model-dir>/report.html, or "
                              "<model>_report.html beside the model file)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="P(real) above which a candidate is called real (default: the "
-                             "threshold recorded in the model file)")
+    add_threshold(parser)
     add_scoring(parser)
     add_overwrite(parser, "replace an existing report")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate once and write the report; its path is printed."""
+    threshold = None if args.threshold == "model" else args.threshold  # None: the model's
     build_report(model_dir=args.model_dir, model=args.model, cube=args.cube, output=args.output,
-                 threshold=args.threshold, overwrite=args.overwrite,
+                 threshold=threshold, overwrite=args.overwrite,
                  batch_size=args.batch_size, device=args.device, quiet=args.quiet)
     return 0

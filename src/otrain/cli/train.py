@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="stop after this many epochs without a better validation loss and "
                              f"keep the best epoch; 0 never stops early (default: {d.patience})")
-    add_device(parser, d.device, f"where to train; auto = a GPU if any (default: {d.device})")
+    add_device(parser, "where to train; auto = a GPU if any (default: auto)")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="processes reading large cubes in the background (default: 0)")
     parser.add_argument("--nproc", type=int, default=d.nproc, metavar="N",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from otrain._version import __version__
+from otrain.cutouts.keywords import format_notes
 from otrain.cutouts.reading import (
     META_COLUMNS,
     TRAINING_KEYWORDS,
@@ -64,6 +66,8 @@ class ConvertConfig:
         Stop at the first unusable file instead of skipping it.
     batch_size : int
         Cutouts read and written per batch.
+    keywords : dict of str to str
+        The user's header names (:func:`otrain.cutouts.keywords.parse_keyword_map`).
     """
 
     frac_true: float = 0.5
@@ -73,6 +77,7 @@ class ConvertConfig:
     workers: int = 0
     strict: bool = False
     batch_size: int = 2048
+    keywords: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +97,7 @@ class ConvertReport:
     n_with_nonfinite: int = 0
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    note_counts: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """Lines describing the result, as printed by ``otrain-convert``."""
@@ -105,6 +111,7 @@ class ConvertReport:
             f"cutouts with NaN/inf pixels (filled): {self.n_with_nonfinite}",
         ]
         lines += self.notes
+        lines += format_notes(self.note_counts, self.n_true_files + self.n_false_files)
         for problem in self.problems[:MAX_PROBLEMS_SHOWN]:
             lines.append(f"  skipped {problem}")
         if len(self.problems) > MAX_PROBLEMS_SHOWN:
@@ -174,9 +181,11 @@ def balanced_choice(rows_true: Sequence[int] | np.ndarray, rows_false: Sequence[
     return chosen, keep_true, keep_false
 
 
-def _read_one(path: Path, channels: tuple[str, ...], cutout_size: int) -> Cutout | str:
+def _read_one(path: Path, channels: tuple[str, ...], cutout_size: int,
+              keywords: dict[str, str] | None = None) -> Cutout | str:
     try:
-        return read_cutout(path, channels, cutout_size, required=TRAINING_KEYWORDS)
+        return read_cutout(path, channels, cutout_size, required=TRAINING_KEYWORDS,
+                           keywords=keywords)
     except CutoutError as exc:
         return str(exc)
 
@@ -256,8 +265,9 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
         raise OtrainError("no cutout files in true/ or false/")
     workers = resolve_workers(config.workers, len(ordered))
     reader = functools.partial(_read_one, channels=tuple(config.channels),
-                               cutout_size=config.cutout_size)
+                               cutout_size=config.cutout_size, keywords=config.keywords)
     rows: dict[int, list[int]] = {REAL: [], BOGUS: []}
+    notes: Counter = Counter()
     writer: DatacubeWriter | None = None
     first_of_shape: tuple[Path, tuple[int, ...]] | None = None
     batch: list[tuple[int, Path, Cutout]] = []
@@ -279,6 +289,7 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
                         raise OtrainError(result)
                     report.problems.append(result)
                     continue
+                notes.update(result.meta.get("notes", ()))
                 if result.meta["edge"]:
                     if label == REAL:
                         report.n_true_edge += 1
@@ -301,11 +312,22 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
         if writer is not None:
             writer.abort()
         raise
+    report.note_counts = dict(notes)
     if writer is None:
-        raise OtrainError("no usable cutout in true/ or false/ (see the problems listed above)")
+        raise OtrainError(no_usable_message(report))
     writer.close()
     report.n_true_usable, report.n_false_usable = len(rows[REAL]), len(rows[BOGUS])
     return rows
+
+
+def no_usable_message(report: ConvertReport, first: int = 3) -> str:
+    """One line for a conversion where no file was usable: the first problems and a count."""
+    if not report.problems:
+        return "no usable cutout in true/ or false/ (every cutout is flagged EDGE)"
+    shown = "; ".join(report.problems[:first])
+    more = len(report.problems) - first
+    return (f"no usable cutout in true/ or false/: {len(report.problems)} unusable file(s); "
+            f"{shown}" + (f"; ... and {more} more" if more > 0 else ""))
 
 
 def _size_message(first: tuple[Path, tuple[int, ...]], path: Path, shape: tuple[int, ...]) -> str:

@@ -141,6 +141,8 @@ def _walk_astropy(raw: bytes) -> list[ImageHDU]:
                 data = hdu.data if hdu.is_image else None
                 arr = None if data is None else np.asarray(data, dtype=np.float32)
                 header = {k.upper(): v for k, v in hdu.header.items() if k}
+                if "EXTNAME" not in header and hdu.name and hdu.name != "PRIMARY":
+                    header["EXTNAME"] = hdu.name  # e.g. COMPRESSED_IMAGE of a CompImageHDU
                 out.append(ImageHDU(header, arr))
     return out
 

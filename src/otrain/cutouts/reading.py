@@ -1,15 +1,19 @@
 """FITS cutouts in: file discovery, channels, header keywords and pixel policies.
 
-Two layouts are read:
+Layouts read:
 
-* **single-HDU** (O'TRAIN/gmadet): the primary HDU holds the difference image and the keywords;
-  a 3-D primary ``(C, H, W)`` gives ``C`` channels in the order asked for.
+* **one image** (O'TRAIN/gmadet and most pipelines): the file's only image is the cutout, wherever
+  it is: the primary HDU, extension 1 (named or not), or a tile-compressed ``CompImageHDU``
+  (``.fits.fz``, decompressed by astropy); a 3-D image ``(C, H, W)`` gives ``C`` channels in the
+  order asked for. Keywords come from every header (the primary's win).
 * **multi-extension** (STDPipe and triplets): metadata in the primary header (falling back to the
-  image extensions' headers), images in extensions named as in :data:`EXTENSION_NAMES`.
+  image extensions' headers), images in extensions named as in :data:`EXTENSION_NAMES`, or as a
+  keyword map says (``DIFF=RESIDUAL``: :mod:`otrain.cutouts.keywords`).
 
 Keywords (FITS is case-insensitive): ``CANDID`` (fallback ``NAME``), ``MAG`` (fallback
 ``MAG_CALIB``), ``MAGERR``, ``FILTER``, ``FWHM``, ``EDGE``, and for inference ``RA``, ``DEC``,
-``FILE``, ``XPOS``, ``YPOS``, ``FWHMPSF``. Training needs :data:`TRAINING_KEYWORDS`; inference
+``FILE``, ``XPOS``, ``YPOS``, ``FWHMPSF``, or the user's names for them (``keywords``, e.g.
+``{"MAG": "MAG_AUTO"}``). Training needs :data:`TRAINING_KEYWORDS`; inference
 needs none (a missing value becomes NaN or an empty string). Magnitudes of ``99``/``-99`` (the
 old sentinels) read as NaN.
 
@@ -24,7 +28,7 @@ the network. A channel with no finite pixel at all makes the cutout unusable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +37,13 @@ import numpy as np
 from astropy.io import fits
 
 from otrain.cutouts.fitsfile import FitsFormatError, ImageHDU, parse_hdus, read_bytes
+from otrain.cutouts.keywords import channel_extensions
 from otrain.errors import CutoutError, OtrainError
 from otrain.outputs import is_temporary
 
 #: File name endings recognised as FITS cutouts.
-CUTOUT_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+CUTOUT_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz",
+                   ".fit.fz", ".fz")
 #: Channel name -> accepted EXTNAMEs, in order of preference.
 EXTENSION_NAMES: dict[str, tuple[str, ...]] = {
     "diff": ("DIFF", "DIFFERENCE", "SUB"),
@@ -156,6 +162,7 @@ def read_cutout(
     channels: Sequence[str] = DEFAULT_CHANNELS,
     cutout_size: int = -1,
     required: Iterable[str] = (),
+    keywords: Mapping[str, str] | None = None,
 ) -> Cutout:
     """Read one cutout file.
 
@@ -169,11 +176,14 @@ def read_cutout(
         Centre-crop to ``cutout_size`` x ``cutout_size``; -1 keeps the full size.
     required : iterable of str
         Keywords that must be present (e.g. :data:`TRAINING_KEYWORDS`).
+    keywords : mapping, optional
+        Our keyword -> the file's (:func:`otrain.cutouts.keywords.parse_keyword_map`).
 
     Returns
     -------
     Cutout
-        Image ``(C, H, W)`` and metadata.
+        Image ``(C, H, W)`` and metadata; ``meta["notes"]`` lists the fallbacks taken (crop,
+        keywords absent, EDGE absent).
 
     Raises
     ------
@@ -185,17 +195,32 @@ def read_cutout(
         hdus = parse_hdus(read_bytes(path))
     except (OSError, FitsFormatError, ValueError, EOFError) as exc:
         raise CutoutError(f"unreadable FITS file ({exc})", path) from None
+    keywords = dict(keywords or {})
     header = _merged_header(hdus)
-    image = _select_channels(hdus, channels, path)
+    notes: list[str] = []
+    image = _select_channels(hdus, channels, path, channel_extensions(keywords), notes)
     if cutout_size != -1:
+        full = image.shape[1:]
         image = crop_center(image, cutout_size, path)
-    meta = _read_keywords(header, required, path)
+        if image.shape[1:] != full:
+            notes.append(f"centre-cropped from {full[0]}x{full[1]} to "
+                         f"{cutout_size}x{cutout_size}")
+    meta = _read_keywords(header, required, path, keywords)
+    absent = [k for k in (*_STR_KEYS, *_FLOAT_KEYS) if _lookup(header, k, keywords) is None]
+    notes += [f"no {_spelling(k, keywords)} keyword (NaN or empty in the table)" for k in absent]
     image, n_bad = _fill_nonfinite(image, path)
     meta["n_nonfinite"] = n_bad
     if meta["edge"] is None:
         meta["edge"] = len(hdus) > 1 and n_bad > 0
+        notes.append("no EDGE keyword: edge taken as "
+                     + ("True (non-finite pixels)" if meta["edge"] else "False"))
     meta["source_file"] = str(path)
+    meta["notes"] = tuple(notes)
     return Cutout(image, meta)
+
+
+def _spelling(key: str, keywords: Mapping[str, str]) -> str:
+    return f"{keywords[key]} ({key})" if key in keywords else key
 
 
 def crop_center(image: np.ndarray, size: int, path: Path | None = None) -> np.ndarray:
@@ -222,32 +247,62 @@ def _merged_header(hdus: list[ImageHDU]) -> dict[str, Any]:
     return merged
 
 
-def _select_channels(hdus: list[ImageHDU], channels: Sequence[str], path: Path) -> np.ndarray:
-    primary = hdus[0].data
-    if not _has_named_images(hdus):
-        if primary is None:
-            raise CutoutError("no image data in the primary HDU and no DIFF/SCI/REF extension",
-                              path)
-        if primary.ndim == 2:
-            if len(channels) != 1:
-                raise CutoutError(f"single-image file cannot give channels {','.join(channels)} "
-                                  "(needs a multi-extension file with DIFF/SCI/REF)", path)
-            return primary[None]
-        if primary.ndim == 3:
-            if primary.shape[0] != len(channels):
-                raise CutoutError(f"3-D image has {primary.shape[0]} planes but "
-                                  f"{len(channels)} channel(s) were asked for", path)
-            return np.ascontiguousarray(primary)
-        raise CutoutError(f"image has {primary.ndim} dimensions, expected 2", path)
-    by_name = {h.name: h for h in hdus[1:] if h.data is not None}
+def _single_image(data: np.ndarray, channels: Sequence[str], path: Path) -> np.ndarray:
+    if data.ndim == 2:
+        if len(channels) != 1:
+            raise CutoutError(f"single-image file cannot give channels {','.join(channels)} "
+                              "(needs a multi-extension file with DIFF/SCI/REF)", path)
+        return data[None]
+    if data.ndim == 3:
+        if data.shape[0] != len(channels):
+            raise CutoutError(f"3-D image has {data.shape[0]} planes but "
+                              f"{len(channels)} channel(s) were asked for", path)
+        return np.ascontiguousarray(data)
+    raise CutoutError(f"image has {data.ndim} dimensions, expected 2", path)
+
+
+def _hdu_for(hdus: list[ImageHDU], name: str) -> ImageHDU | None:
+    if name.isdigit():
+        i = int(name)
+        return hdus[i] if i < len(hdus) and hdus[i].data is not None else None
+    return next((h for h in hdus if h.name == name and h.data is not None), None)
+
+
+def _select_channels(hdus: list[ImageHDU], channels: Sequence[str], path: Path,
+                     extensions: Mapping[str, str] | None = None,
+                     notes: list[str] | None = None) -> np.ndarray:
+    extensions = extensions or {}
+    images = [(i, h) for i, h in enumerate(hdus) if h.data is not None]
+    if not images:
+        raise CutoutError(f"no image data in any of the {len(hdus)} HDU(s) (primary empty, no "
+                          "image extension)", path)
+    if len(images) == 1 and not extensions and (len(channels) == 1 or images[0][0] == 0
+                                                or images[0][1].data.ndim == 3):
+        i, hdu = images[0]
+        other = _CHANNEL_OF.get(hdu.name) if i > 0 else None
+        if other is not None and tuple(channels) != (other,) and \
+                hdu.name == EXTENSION_NAMES[other][0]:  # DIFF, SCI or REF: unambiguous
+            raise CutoutError(f"the only image is extension {hdu.name}; channel(s) "
+                              f"{','.join(channels)} asked for", path)
+        if other is not None and tuple(channels) != (other,) and notes is not None:
+            notes.append(f"the only image, extension {hdu.name} (a {other} name), read as "
+                         f"{','.join(channels)}")
+        return _single_image(hdu.data, channels, path)
+    if not extensions and not _has_named_images(hdus):
+        if hdus[0].data is None:
+            found = ", ".join(h.name or f"HDU {i}" for i, h in images)
+            raise CutoutError(f"{len(images)} image extensions ({found}) but none named "
+                              "DIFF/SCI/REF; name them with --keywords DIFF=EXTNAME", path)
+        return _single_image(hdus[0].data, channels, path)
     planes = []
     for ch in channels:
-        hdu = next((by_name[n] for n in EXTENSION_NAMES[ch] if n in by_name), None)
+        names = (extensions[ch],) if ch in extensions else EXTENSION_NAMES[ch]
+        hdu = next((h for n in names if (h := _hdu_for(hdus, n)) is not None), None)
         if hdu is None:
-            wanted = "/".join(EXTENSION_NAMES[ch])
-            found = ", ".join(sorted(by_name)) or "none"
+            wanted = "/".join(names)
+            found = ", ".join(sorted(h.name or str(i) for i, h in images[1:] or images))
             raise CutoutError(f"no {wanted} extension for channel '{ch}' (image extensions: "
-                              f"{found})", path)
+                              f"{found or 'none'})", path)
         if hdu.data.ndim != 2:
             raise CutoutError(f"extension {hdu.name} has {hdu.data.ndim} dimensions, expected 2",
                               path)
@@ -263,25 +318,33 @@ def _has_named_images(hdus: list[ImageHDU]) -> bool:
     return any(h.name in names and h.data is not None for h in hdus[1:])
 
 
-def _lookup(header: dict[str, Any], key: str) -> Any:
-    for k in (key, *_FALLBACKS.get(key, ())):
+_CHANNEL_OF = {n: ch for ch, names in EXTENSION_NAMES.items() for n in names}
+
+
+def _lookup(header: dict[str, Any], key: str, keywords: Mapping[str, str] | None = None) -> Any:
+    mapped = (keywords[key],) if keywords and key in keywords else ()
+    for k in (*mapped, key, *_FALLBACKS.get(key, ())):
         value = header.get(k)
         if value is not None and not isinstance(value, fits.card.Undefined):
             return value
     return None
 
 
-def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path) -> dict[str, Any]:
-    missing = [k for k in required if _lookup(header, k) is None]
+def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path,
+                   keywords: Mapping[str, str] | None = None) -> dict[str, Any]:
+    keywords = keywords or {}
+    missing = [_spelling(k, keywords) for k in required if _lookup(header, k, keywords) is None]
     if missing:
-        raise CutoutError(f"missing header keyword(s) {', '.join(missing)}", path)
+        hint = "" if keywords else " (map your own names with --keywords, e.g. MAG=MAG_AUTO)"
+        raise CutoutError(f"missing header keyword(s) {', '.join(missing)}{hint}", path)
     meta: dict[str, Any] = {}
     for key, col in _STR_KEYS.items():
-        value = _lookup(header, key)
+        value = _lookup(header, key, keywords)
         meta[col] = "" if value is None else str(value).strip()
     for key, col in _FLOAT_KEYS.items():
-        meta[col] = header_float(_lookup(header, key), sentinel=key in ("MAG", "MAGERR"))
-    edge_value = _lookup(header, "EDGE")
+        meta[col] = header_float(_lookup(header, key, keywords),
+                                 sentinel=key in ("MAG", "MAGERR"))
+    edge_value = _lookup(header, "EDGE", keywords)
     edge = None if edge_value is None else parse_edge(edge_value)
     if edge_value is not None and edge is None:
         raise CutoutError(f"EDGE must be True or False, got {edge_value!r}", path)

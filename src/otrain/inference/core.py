@@ -36,6 +36,7 @@ from otrain.errors import OtrainError
 from otrain.inference.alerts import is_alert_source, iter_alert_scores
 from otrain.inference.scoring import ORIGINAL_COLUMNS, TABLE_COLUMNS, InferReport, stack_tables
 from otrain.inference.stream import iter_cutout_scores, iter_datacube_scores
+from otrain.inference.tables import provenance, typed_for_output
 from otrain.models.modelfile import LoadedModel, load_model
 from otrain.outputs import atomic_output, check_writable
 
@@ -45,7 +46,8 @@ __all__ = ["DEFAULT_OUTPUT_NAME", "FORMATS", "ORIGINAL_COLUMNS", "TABLE_COLUMNS"
            "write_scores"]
 
 #: Output suffix -> astropy format.
-FORMATS = {".dat": "ascii.commented_header", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}
+FORMATS = {".dat": "ascii.commented_header", ".csv": "ascii.csv", ".ecsv": "ascii.ecsv",
+           ".parquet": "parquet"}
 DEFAULT_OUTPUT_NAME = "infer_results.dat"
 CUBE_SUFFIXES = (".h5", ".hdf5", ".npz")
 
@@ -75,6 +77,7 @@ def score_cutouts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    keywords: dict[str, str] | None = None,
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -85,7 +88,8 @@ def score_cutouts(
     """
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
-                                        batch_size, workers, threshold, strict, quiet, report))
+                                        batch_size, workers, threshold, strict, quiet, report,
+                                        keywords))
     return InferResult(table, report)
 
 
@@ -160,11 +164,13 @@ def output_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def write_scores(table: Table, path: str | Path, overwrite: bool = False) -> Path:
+def write_scores(table: Table, path: str | Path, overwrite: bool = False,
+                 header: dict | None = None) -> Path:
     """Write a scores table atomically, in the format given by the suffix (:data:`FORMATS`).
 
     ``.dat`` is the original's ``ascii.commented_header`` (empty strings and names with spaces
-    are quoted, so astropy reads every row back with all its columns).
+    are quoted, so astropy reads every row back with all its columns). Probabilities are rounded,
+    ids typed and ECSV / Parquet get units and ``header`` (:mod:`otrain.inference.tables`).
 
     Returns
     -------
@@ -172,6 +178,13 @@ def write_scores(table: Table, path: str | Path, overwrite: bool = False) -> Pat
         The file written.
     """
     fmt = output_format(path)
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise OtrainError("writing .parquet needs pyarrow: pip install 'otrain[alerts]'",
+                              path) from None
+    table = typed_for_output(table, fmt, header)
     with atomic_output(path, overwrite) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
     return Path(path)
@@ -211,6 +224,7 @@ def infer(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    keywords: dict[str, str] | None = None,
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -222,13 +236,15 @@ def infer(
     model_path : str or Path
         The model file (``.safetensors``).
     output : str or Path, optional
-        ``.dat``, ``.csv`` or ``.ecsv``; default :func:`default_output`.
+        ``.dat``, ``.csv``, ``.ecsv`` or ``.parquet``; default :func:`default_output`.
     channels, cutout_size, batch_size, workers, threshold, strict, quiet
         As :func:`iter_cutout_scores` (``channels``/``workers``/``strict`` unused for a cube).
     device : str, default "cpu"
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     overwrite : bool, default False
         Replace an existing output file.
+    keywords : dict, optional
+        The user's header names for cutout files (:mod:`otrain.cutouts.keywords`).
 
     Returns
     -------
@@ -247,7 +263,8 @@ def infer(
         result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet)
-    write_scores(result.table, out, overwrite)
+                               threshold, strict, quiet, keywords)
+    write_scores(result.table, out, overwrite,
+                 provenance(str(model_path), loaded.meta, threshold))
     result.report.output = str(out)
     return result

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from astropy.table import Table
 
+from otrain.cutouts.keywords import format_notes
 from otrain.cutouts.reading import EXTENSION_NAMES, read_cutout
 from otrain.errors import CutoutError, OtrainError
 from otrain.models.modelfile import LoadedModel
@@ -60,6 +61,8 @@ class InferReport:
         Wall time of reading and scoring.
     output : str or None
         File written by :func:`infer`.
+    notes : dict of str to int
+        Fallbacks taken (crop, keyword or EDGE absent), with the number of cutouts each.
     """
 
     source: str = ""
@@ -72,6 +75,7 @@ class InferReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     output: str | None = None
+    notes: dict[str, int] = field(default_factory=dict)
 
     def summary(self, first: int = 5) -> str:
         """A few lines for the terminal: counts, the first skipped files, the output."""
@@ -83,6 +87,7 @@ class InferReport:
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped[:first]]
         if self.n_skipped > first:
             lines.append(f"  ... and {self.n_skipped - first} more")
+        lines += format_notes(self.notes, self.n_scored)
         if self.output:
             lines.append(f"Saved to {self.output}")
         return "\n".join(lines)
@@ -99,11 +104,12 @@ class Chunk:
 
 
 def read_chunk(paths: Sequence[str], channels: tuple[str, ...], cutout_size: int,
-                shape: tuple[int, int, int], method: str) -> Chunk:
+                shape: tuple[int, int, int], method: str,
+                keywords: dict[str, str] | None = None) -> Chunk:
     images, ok, metas, errors = [], [], [], []
     for path in paths:
         try:
-            cut = read_cutout(path, channels, cutout_size)
+            cut = read_cutout(path, channels, cutout_size, keywords=keywords)
             if cut.image.shape != shape:
                 c, h, w = cut.image.shape
                 raise CutoutError(f"cutout is {h}x{w} with {c} channel(s), the model expects "

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from astropy.table import Table
 
+from otrain.cutouts.keywords import count_notes
 from otrain.cutouts.reading import CUTOUT_SUFFIXES, find_cutouts
 from otrain.datacube.cube import Datacube
 from otrain.errors import OtrainError
@@ -101,6 +103,7 @@ def iter_cutout_scores(
     strict: bool = False,
     quiet: bool = False,
     report: InferReport | None = None,
+    keywords: dict[str, str] | None = None,
 ) -> Iterator[Table]:
     """Score cutout files batch by batch, yielding one scores table per batch (streaming).
 
@@ -125,7 +128,9 @@ def iter_cutout_scores(
     quiet : bool, default False
         No progress output.
     report : InferReport, optional
-        Filled in as batches are scored.
+        Filled in as batches are scored (``notes`` counts the fallbacks the reader took).
+    keywords : dict, optional
+        The user's header names (:func:`otrain.cutouts.keywords.parse_keyword_map`).
 
     Yields
     ------
@@ -160,7 +165,8 @@ def iter_cutout_scores(
     report.threshold = thr
     n_workers, n_threads = plan_threads(workers, len(files))
     reader = functools.partial(read_chunk, channels=chans, cutout_size=cutout_size,
-                               shape=(len(chans), h, w), method=loaded.normalisation)
+                               shape=(len(chans), h, w), method=loaded.normalisation,
+                               keywords=keywords)
     chunk = max(1, min(_CHUNK, batch_size // n_workers))
     tasks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     n_workers = min(n_workers, len(tasks))
@@ -175,6 +181,7 @@ def iter_cutout_scores(
             errors = [e for p in parts for e in p.errors]
             skip(report, errors, strict)
             meta = [m for p in parts for m in p.meta]
+            report.notes = dict(count_notes(Counter(report.notes), meta))
             if not meta and k == 0 and len(files) > batch_size:
                 raise all_failed(report, f"none of the first {len(errors)} files")
             if meta:

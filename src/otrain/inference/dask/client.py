@@ -58,6 +58,7 @@ from otrain.inference.scoring import (
     skip,
     stack_tables,
 )
+from otrain.inference.tables import ID_COLUMNS, provenance, typed_for_output
 from otrain.models.modelfile import LoadedModel, load_model
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import Progress
@@ -253,11 +254,22 @@ def score_distributed(source: str | Path | Sequence[str | Path], model_path: str
 class _TableWriter:
     """Write scores tables chunk by chunk into one file, as astropy writes them whole."""
 
-    def __init__(self, handle: io.TextIOBase, fmt: str) -> None:
-        self.handle, self.fmt = handle, fmt
+    def __init__(self, handle: io.TextIOBase, fmt: str, header: dict | None = None) -> None:
+        self.handle, self.fmt, self.header = handle, fmt, header
         self.header_lines: int | None = None
+        self.id_kinds: dict[str, str] = {}
 
     def write(self, table: Table) -> None:
+        table = typed_for_output(table, self.fmt, self.header)  # as write_scores
+        for name in ID_COLUMNS:  # the ids' type is declared by the first chunk's header
+            if name not in table.colnames:
+                continue
+            kind = self.id_kinds.setdefault(name, table[name].dtype.kind)
+            if kind == "U" and table[name].dtype.kind != "U":
+                table[name] = np.asarray(table[name]).astype(str)
+            elif kind != "U" and table[name].dtype.kind == "U":
+                raise OtrainError(f"{name}: integer ids in the first rows, text later; write "
+                                  "this table without --scheduler")
         text = io.StringIO()
         table.write(text, format=self.fmt)
         if self.header_lines is None:
@@ -314,16 +326,19 @@ def infer_distributed(
     """
     out = Path(output) if output is not None else default_output(source)
     fmt = output_format(out)
+    if fmt == "parquet":
+        raise OtrainError("--scheduler streams rows as text: write .dat, .csv or .ecsv", out)
     check_writable(out, overwrite)
     if isinstance(source, str | Path) and not Path(source).exists():
         raise OtrainError("no such folder or file", source)
     report = InferReport()
-    plan = _plan(source, load_model(model_path, "cpu"), channels, cutout_size, batch_size,
-                 threshold, device, chunk_size, report)
+    loaded = load_model(model_path, "cpu")
+    plan = _plan(source, loaded, channels, cutout_size, batch_size, threshold, device,
+                 chunk_size, report)
     columns: list[str] = []
     with use_client(client, scheduler, workers, quiet) as cl, \
             atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as handle:
-        writer = _TableWriter(handle, fmt)
+        writer = _TableWriter(handle, fmt, provenance(str(model_path), loaded.meta, threshold))
         for table in _run(cl, plan, strict, retries, quiet, report):
             writer.write(table)
             columns = columns or table.colnames
