@@ -113,6 +113,9 @@ def dask_client(scheduler: str, workers: int = 0, timeout: float | None = None,
         return
     wait = _connect_timeout(timeout)
     as_file = scheduler.endswith(".json") and Path(scheduler).is_file()
+    if scheduler.endswith(".json") and not as_file:
+        raise OtrainError("no such Dask scheduler file (give 'local', a scheduler file written "
+                          "by 'dask scheduler --scheduler-file', or tcp://host:port)", scheduler)
     target = {"scheduler_file": scheduler} if as_file else {"address": scheduler}
     try:
         client = distributed.Client(**target, timeout=wait)

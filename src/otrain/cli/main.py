@@ -14,11 +14,14 @@ one line (``otrain-convert: error: <file>: <problem>``) with exit status 2; no t
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from otrain._version import __version__
 from otrain.cli.common import require_parent
@@ -85,6 +88,14 @@ def _build_command_parser(name: str, prog: str, parser: argparse.ArgumentParser 
     return parser, module
 
 
+def _one_line_warning(prog: str, message: Warning | str, category: type[Warning],
+                      filename: str, lineno: int, file: TextIO | None = None,
+                      line: str | None = None) -> None:
+    """A library warning as one line (no source line, no file position)."""
+    text = " ".join(str(message).split())
+    print(f"{prog}: warning: {text} ({category.__name__})", file=file or sys.stderr)
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM, so clean-up (temporary files, pools) runs."""
 
@@ -113,7 +124,9 @@ def _execute(prog: str, run: Callable[[argparse.Namespace], int], args: argparse
     try:
         if name is not None:
             _check_outputs(name, args)
-        return int(run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_one_line_warning, prog)
+            return int(run(args) or 0)
     except OtrainError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

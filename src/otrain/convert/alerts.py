@@ -45,10 +45,11 @@ from otrain.alerts.fields import ZTF_STAMP_SIZE
 from otrain.alerts.labels import label_counts
 from otrain.alerts.reading import STAMP_POLICY, check_channels, check_size, iter_alert_batches
 from otrain.convert.folders import ConvertConfig, balanced_choice
+from otrain.datacube.checks import duplicate_warnings
 from otrain.datacube.cube import BOGUS, REAL
 from otrain.datacube.hdf5 import DatacubeWriter, open_datacube, write_subset
 from otrain.errors import OtrainError
-from otrain.outputs import check_writable, write_text_atomic
+from otrain.outputs import TMP_TAG, check_writable, write_text_atomic
 from otrain.progress import info
 
 PathsLike = Sequence[str | Path] | str | Path
@@ -186,12 +187,16 @@ def convert_alerts(
     if label_rule is None:
         report.notes.append("no label rule: every alert is unlabelled (-1); such a cube can be "
                             "scored, not trained on")
-    tmp_path = out_path.with_name(f".{out_path.name}.all.h5")
+    tmp_path = out_path.with_name(f".{out_path.name}{TMP_TAG}all.h5")
     try:
         _, report.alerts = alerts_to_datacube(
             paths, tmp_path, tuple(config.channels), size, label_rule, overwrite=True,
             quiet=quiet, strict=config.strict, batch_size=config.batch_size)
         _select_and_write(tmp_path, out_path, frac, config.seed, report, overwrite)
+    except OtrainError as exc:
+        if exc.path == str(tmp_path):  # the intermediate file is ours: name the cube asked for
+            raise OtrainError(exc.reason, out_path) from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -208,6 +213,13 @@ def _select_and_write(tmp_path: Path, out_path: Path, frac: float | None, seed: 
         real = np.flatnonzero(labels == REAL)
         bogus = np.flatnonzero(labels == BOGUS)
         report.n_real_labelled, report.n_bogus_labelled = int(real.size), int(bogus.size)
+        report.notes += duplicate_warnings(cube)
+        if report.label_rule is not None and (real.size == 0) != (bogus.size == 0):
+            only = "real" if real.size else "bogus"
+            report.notes.append(f"warning: the label rule gave only {only} alerts "
+                                f"({max(real.size, bogus.size)}) and no "
+                                f"{'bogus' if real.size else 'real'} one: a classifier cannot "
+                                "be trained on this cube")
         if frac is None:
             chosen = np.arange(len(cube), dtype=np.int64)
             keep_true, keep_false = int(real.size), int(bogus.size)

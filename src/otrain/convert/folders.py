@@ -36,6 +36,7 @@ from otrain.cutouts.reading import (
     find_cutouts,
     read_cutout,
 )
+from otrain.datacube.checks import duplicate_warnings
 from otrain.datacube.cube import BOGUS, REAL
 from otrain.datacube.hdf5 import DatacubeWriter, open_datacube, write_subset
 from otrain.errors import CutoutError, OtrainError
@@ -95,6 +96,7 @@ class ConvertReport:
     n_true_kept: int = 0
     n_false_kept: int = 0
     n_with_nonfinite: int = 0
+    bad_keywords: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     note_counts: dict[str, int] = field(default_factory=dict)
@@ -112,6 +114,10 @@ class ConvertReport:
         ]
         lines += self.notes
         lines += format_notes(self.note_counts, self.n_true_files + self.n_false_files)
+        if self.bad_keywords:
+            lines.append(f"warning: {len(self.bad_keywords)} file(s) have header values that "
+                         "are not numbers (stored as NaN):")
+            lines += [f"  {bad}" for bad in self.bad_keywords[:MAX_PROBLEMS_SHOWN]]
         for problem in self.problems[:MAX_PROBLEMS_SHOWN]:
             lines.append(f"  skipped {problem}")
         if len(self.problems) > MAX_PROBLEMS_SHOWN:
@@ -123,6 +129,9 @@ class ConvertReport:
 def datacube_path(path_datacube: str | Path, cube: str) -> Path:
     """Where ``otrain-convert --path P --cube NAME`` writes: ``P/datacube/NAME.h5``."""
     name = cube[:-3] if cube.endswith(".h5") else cube
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise OtrainError(f"--cube {cube!r} is not a plain file name (no folder, not empty, "
+                          "not starting with a dot); the cube goes to <path>/datacube/")
     return Path(path_datacube) / "datacube" / f"{name}.h5"
 
 
@@ -303,6 +312,8 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
                 elif shape != first_of_shape[1]:
                     raise OtrainError(_size_message(first_of_shape, path, shape))
                 report.n_with_nonfinite += result.meta["n_nonfinite"] > 0
+                if result.meta.get("bad_keywords"):
+                    report.bad_keywords.append(f"{path}: {', '.join(result.meta['bad_keywords'])}")
                 rows[label].append(len(writer) + len(batch))  # type: ignore[arg-type]
                 batch.append((label, path, result))
                 if len(batch) >= config.batch_size:
@@ -376,4 +387,5 @@ def _select_and_write(tmp_path: Path, rows: dict[int, list[int]], out_path: Path
                    "skipped": len(report.problems)},
     }
     with open_datacube(tmp_path) as tmp_cube:
+        report.notes += duplicate_warnings(tmp_cube)
         write_subset(tmp_cube, chosen, out_path, overwrite=overwrite, provenance=provenance)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,10 @@ def read_bytes(path: str | Path) -> bytes:
     """
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # a damaged body or a cut-off file
+            raise FitsFormatError(f"corrupt gzip data ({exc})") from None
     return raw
 
 
@@ -102,9 +106,10 @@ def _walk(raw: bytes) -> list[ImageHDU]:
     while pos < size:
         end = _find_end(raw, pos)
         if end < 0:
-            if hdus and not raw[pos:].strip(b"\0 "):
-                break  # trailing padding after the last HDU
-            raise FitsFormatError("truncated header (no END card)")
+            if hdus and not raw[pos:].startswith(b"XTENSION"):
+                break  # padding or other bytes after the last HDU: ignored, as astropy does
+            where = f"of extension {len(hdus)} " if hdus else ""
+            raise FitsFormatError(f"truncated header {where}(no END card)")
         header = parse_cards(raw[pos:end])
         data_start = pos + _blocks(end + _CARD - pos)
         if pos > 0 and str(header.get("XTENSION", "")).strip() != "IMAGE":

@@ -110,7 +110,8 @@ def find_cutouts(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise OtrainError("no such folder", folder)
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and is_cutout_file(p) and not is_temporary(p))
+                  if (p.is_file() or p.is_symlink()) and is_cutout_file(p)
+                  and not is_temporary(p))  # a dangling link is listed, then skipped as unreadable
 
 
 def parse_channels(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -344,6 +345,8 @@ def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path,
     for key, col in _FLOAT_KEYS.items():
         meta[col] = header_float(_lookup(header, key, keywords),
                                  sentinel=key in ("MAG", "MAGERR"))
+    meta["bad_keywords"] = [f"{key}={_lookup(header, key, keywords)!r}" for key in _FLOAT_KEYS
+                            if _not_a_number(_lookup(header, key, keywords))]
     edge_value = _lookup(header, "EDGE", keywords)
     edge = None if edge_value is None else parse_edge(edge_value)
     if edge_value is not None and edge is None:
@@ -352,8 +355,15 @@ def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path,
     return meta
 
 
+def _not_a_number(value: Any) -> bool:
+    """A keyword that is present but holds no number (``'abc'``, ``T``): stored as NaN."""
+    return value is not None and (isinstance(value, bool) or np.isnan(header_float(value, False)))
+
+
 def header_float(value: Any, sentinel: bool) -> float:
     """``value`` as a float; NaN when it is not a number or (``sentinel``) a 99/-99 magnitude."""
+    if isinstance(value, bool | np.bool_):  # MAG = T is a logical, not 1.0
+        return float("nan")
     try:
         out = float(value)
     except (TypeError, ValueError):

@@ -60,19 +60,56 @@ def open_datacube(path: str | Path) -> Datacube:
     try:
         if handle.attrs.get("format") != FORMAT_NAME or "images" not in handle:
             raise OtrainError("HDF5 file is not an otrain datacube", path)
-        table = _read_table(handle["table"])
-        channels = json.loads(handle.attrs["channels"])
-        attrs = json.loads(handle.attrs.get("provenance", "{}"))
+        for name in ("table", "images"):
+            if name not in handle:
+                raise OtrainError(f"damaged datacube: no '{name}' in the file", path)
+        if not isinstance(handle["table"], h5py.Group):
+            raise OtrainError("damaged datacube: 'table' is not a group", path)
+        table = _read_table(handle["table"], path)
+        channels = _json_attr(handle, "channels", path)
+        if not (isinstance(channels, list) and all(isinstance(c, str) for c in channels)):
+            raise OtrainError(f"damaged datacube: 'channels' must be a list of names, got "
+                              f"{channels!r:.60}", path)
+        attrs = _json_attr(handle, "provenance", path, "{}")
+        if "label" in table.colnames:
+            labels = np.asarray(table["label"])
+            bad = ~np.isin(labels, (-1, 0, 1)) if labels.dtype.kind in "biuf" else labels == labels
+            if bad.any():
+                raise OtrainError(f"{int(bad.sum())} label(s) are not 0 (bogus), 1 (real) or -1 "
+                                  f"(unknown), e.g. {labels[bad][:3].tolist()}", path)
         return Datacube(handle["images"], table, channels, attrs, path=path, handle=handle)
+    except OtrainError:
+        handle.close()
+        raise
+    except (KeyError, ValueError, TypeError, OSError) as exc:
+        handle.close()
+        raise OtrainError(f"damaged datacube ({exc.__class__.__name__}: {exc})", path) from None
     except Exception:
         handle.close()
         raise
 
 
-def _read_table(group: h5py.Group) -> Table:
-    order = json.loads(group.attrs["columns"])
+def _json_attr(obj: h5py.HLObject, name: str, path: Path, default: str | None = None) -> Any:
+    """A JSON attribute, or one line naming the file and the attribute."""
+    if name not in obj.attrs and default is None:
+        raise OtrainError(f"damaged datacube: no '{name}' attribute", path)
+    text = obj.attrs.get(name, default)
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise OtrainError(f"damaged datacube: attribute '{name}' is not valid JSON "
+                          f"({str(text)[:40]!r})", path) from None
+
+
+def _read_table(group: h5py.Group, path: Path) -> Table:
+    order = _json_attr(group, "columns", path)
+    if not (isinstance(order, list) and all(isinstance(c, str) for c in order)):
+        raise OtrainError(f"damaged datacube: table 'columns' must be a list of names, got "
+                          f"{order!r:.60}", path)
     cols = {}
     for name in order:
+        if name not in group:
+            raise OtrainError(f"damaged datacube: table column '{name}' is missing", path)
         ds = group[name]
         if h5py.check_string_dtype(ds.dtype) is not None:
             values = ds.asstr()[()] if ds.shape[0] else []

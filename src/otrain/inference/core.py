@@ -159,6 +159,9 @@ def score_datacube(
 def output_format(path: str | Path) -> str:
     """The astropy format for an output file name (:data:`FORMATS`), or an OtrainError."""
     suffix = Path(path).suffix.lower()
+    if Path(path).is_dir():
+        raise OtrainError(f"is a folder; give a file name such as {Path(path) / 'scores.dat'}",
+                          path)
     if suffix not in FORMATS:
         raise OtrainError(f"unknown output format '{suffix}'; use {', '.join(FORMATS)}", path)
     return FORMATS[suffix]
@@ -264,6 +267,10 @@ def infer(
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
                                threshold, strict, quiet, keywords)
+    if result.report.n_scored and result.report.n_nonfinite == result.report.n_scored:
+        raise OtrainError(f"gives no finite score (NaN or inf for all {result.report.n_scored} "
+                          "cutouts): the model or the inputs are broken; nothing written",
+                          model_path)
     write_scores(result.table, out, overwrite,
                  provenance(str(model_path), loaded.meta, threshold))
     result.report.output = str(out)

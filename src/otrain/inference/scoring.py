@@ -76,6 +76,7 @@ class InferReport:
     seconds: float = 0.0
     output: str | None = None
     notes: dict[str, int] = field(default_factory=dict)
+    n_nonfinite: int = 0
 
     def summary(self, first: int = 5) -> str:
         """A few lines for the terminal: counts, the first skipped files, the output."""
@@ -88,6 +89,9 @@ class InferReport:
         if self.n_skipped > first:
             lines.append(f"  ... and {self.n_skipped - first} more")
         lines += format_notes(self.notes, self.n_scored)
+        if self.n_nonfinite:
+            lines.append(f"note: {self.n_nonfinite} of {self.n_scored} scores are not finite "
+                         "(written as nan): the model overflowed on those cutouts")
         if self.output:
             lines.append(f"Saved to {self.output}")
         return "\n".join(lines)
@@ -213,6 +217,7 @@ def account(report: InferReport, table: Table, threshold: float) -> None:
     report.n_scored += len(table)
     report.n_edge += int(np.count_nonzero(table["edge"]))
     report.n_real += int(np.count_nonzero(np.asarray(table["label1"]) > threshold))
+    report.n_nonfinite += int(np.count_nonzero(~np.isfinite(np.asarray(table["label1"]))))
 
 
 def skip(report: InferReport, errors: Sequence[tuple[str, str]], strict: bool) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from otrain._version import __version__
 from otrain.errors import ModelFileError, OtrainError
+from otrain.models.integrity import DIGEST_KEY, check_metadata, check_tensors, tensor_digest
 from otrain.models.networks import build_model
 from otrain.models.normalise import check_method, normalise
 from otrain.outputs import atomic_output
@@ -199,6 +200,7 @@ def save_model(path: str | Path, model: nn.Module, meta: Mapping[str, Any],
     """
     full = _complete_meta(model, meta)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    full[DIGEST_KEY] = tensor_digest(tensors)
     header = {METADATA_KEY: json.dumps(full, default=_json_default)}
     with atomic_output(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -246,6 +248,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(f"model file format {meta['format_version']} is newer than this "
                              f"otrain ({__version__}) understands; upgrade otrain", path)
+    check_metadata(meta, path)
     return meta
 
 
@@ -295,12 +298,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     if keras is not None:
         state = keras[1]
     else:
-        with safe_open(str(path), framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"unreadable weights ({exc})", path) from None
+        check_tensors(state, meta, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        first = " ".join(lines[1:3] if len(lines) > 1 else lines)[:300]
         raise ModelFileError(f"weights do not match architecture '{meta['architecture']}': "
                              f"{first}", path) from None
     model.to(dev).eval()

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,6 +81,7 @@ from otrain.training.outputs import (
     save_checkpoint,
     write_outputs,
 )
+from otrain.training.sanity import training_data_notes
 from otrain.training.splits import (
     EpochBatches,
     Split,
@@ -249,6 +251,8 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
                  "objectId keeps each object on one side of the split", quiet)
     y_all = cube.labels
     split = split_indices(y_all, config.val_frac, config.test_frac, config.seed, groups)
+    for note in training_data_notes(cube, y_all, split, config.batch_size):
+        info(note, quiet)
     c, h, w = cube.image_shape
     torch.manual_seed(config.seed)
     net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
@@ -263,8 +267,13 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     start, best_epoch, best_loss, bad = 0, 0, float("inf"), 0
     if config.resume:
         ckpt = load_checkpoint(ckpt_path, asdict(config), split, dev)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            net.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise OtrainError(f"damaged checkpoint ({detail}); start again with --overwrite",
+                              ckpt_path) from None
         best_state = ckpt["best_model"]
         start, best_epoch = int(ckpt["epoch"]), int(ckpt["best_epoch"])
         best_loss, bad = float(ckpt["best_val_loss"]), int(ckpt["bad_epochs"])
@@ -294,6 +303,24 @@ def _start_from(net: nn.Module, config: TrainConfig, cube: Datacube) -> None:
     net.load_state_dict(source.model.state_dict())
 
 
+def _check_finite(value: float, what: str, epoch: int, config: TrainConfig) -> None:
+    """A NaN or infinite loss means the training diverged: stop with one line, not a model."""
+    if not np.isfinite(value):
+        raise OtrainError(f"training diverged at epoch {epoch}: the {what} is not finite (NaN "
+                          f"or inf); lower the learning rate (--lr {config.lr:g}); no model "
+                          "file was written")
+
+
+def _loader_workers(workers: int, quiet: bool) -> int:
+    """``--workers``, capped at the number of cores (more only add start-up and memory)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    if workers > cores:
+        info(f"note: --workers {workers} capped at {cores}, the number of cores", quiet)
+        return cores
+    return workers
+
+
 def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
                 dev: torch.device, quiet: bool) -> None:
     """Train epoch after epoch, validating, checkpointing and stopping early; updates ``st``."""
@@ -302,6 +329,7 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                reduction="sum" if ctx.distributed else "mean").to(dev)
     model = ctx.wrap(st.net, dev)
     loader_gen = torch.Generator().manual_seed(config.seed)
+    n_workers = _loader_workers(config.workers, quiet)
     prev_det = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -323,15 +351,17 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                 batches, codes = distributed.shard_plan(batches, codes, ctx.rank,
                                                         ctx.world_size)
             loader = DataLoader(EpochBatches(st.source, st.y_all, batches, codes),
-                                batch_size=None, shuffle=False, num_workers=config.workers,
+                                batch_size=None, shuffle=False, num_workers=n_workers,
                                 generator=loader_gen)
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
                 sums = _train_epoch(model, loader, st.opt, crit, dev, config.threshold, bar,
                                     shares)
             loss_sum, correct, total = ctx.all_sum(sums)
+            _check_finite(loss_sum, "training loss", epoch, config)
             val_logits = predict_all(st.net, st.source, st.split.val, ctx, dev,
                                       config.batch_size)
+            _check_finite(float(val_logits.sum()), "validation output", epoch, config)
             v_loss, v_acc, v_auc = evaluate(val_logits, st.y_all[st.split.val], weight,
                                              config.threshold)
             # rank 0's numbers decide (early stopping, best epoch) on every rank

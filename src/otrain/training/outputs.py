@@ -59,6 +59,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
+#: What a checkpoint written by otrain-train holds (and --resume needs).
+CHECKPOINT_KEYS = ("config", "split", "model", "optimizer", "best_model", "epoch", "best_epoch",
+                   "best_val_loss", "bad_epochs", "history")
+
+
 def read_checkpoint(path: Path, dev: torch.device | str = "cpu") -> dict[str, Any]:
     """Load a checkpoint (tensors only: ``weights_only``) onto ``dev``.
 
@@ -70,9 +75,20 @@ def read_checkpoint(path: Path, dev: torch.device | str = "cpu") -> dict[str, An
     if not path.exists():
         raise OtrainError("nothing to resume: no checkpoint.pt in this model folder", path.parent)
     try:
-        return torch.load(path, map_location=dev, weights_only=True)
+        ckpt = torch.load(path, map_location=dev, weights_only=True)
     except Exception as exc:
         raise OtrainError(f"unreadable checkpoint ({exc.__class__.__name__})", path) from None
+    missing = ([k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict)
+               else list(CHECKPOINT_KEYS))
+    if missing:
+        raise OtrainError(f"not an otrain training checkpoint: no {', '.join(missing)}; "
+                          "start again with --overwrite instead of --resume", path)
+    try:
+        json.loads(ckpt["config"])
+    except (TypeError, ValueError):
+        raise OtrainError("damaged checkpoint: its 'config' is not JSON; start again with "
+                          "--overwrite", path) from None
+    return ckpt
 
 
 def resumable_settings(model_path: str | Path, model_name: str) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def _list_files(source: str | Path | Sequence[str | Path], report: InferReport) 
             raise OtrainError(f"no cutout files ({', '.join(CUTOUT_SUFFIXES)})", source)
         return files
     items = [source] if isinstance(source, str | Path) else source
-    files = [str(p) for p in items]
+    files = [str(f) for p in items
+             for f in (find_cutouts(p) if Path(p).is_dir() else [p])]  # folders expanded
     if not files:
         raise OtrainError("no cutout files given")
     report.source = files[0] if len(files) == 1 else f"{len(files)} files"
@@ -342,6 +343,10 @@ def infer_distributed(
         for table in _run(cl, plan, strict, retries, quiet, report):
             writer.write(table)
             columns = columns or table.colnames
+        if report.n_scored and report.n_nonfinite == report.n_scored:  # nothing is renamed
+            raise OtrainError(f"gives no finite score (NaN or inf for all {report.n_scored} "
+                              "cutouts): the model or the inputs are broken; nothing written",
+                              model_path)
     report.output = str(out)
     return InferResult(Table(names=columns), report)
 
