@@ -54,7 +54,7 @@ def test_cli_report_of_a_training_folder(run_dir: Path) -> None:
     assert not re.search(r"(https?:|//[a-z]|<script|<link|<iframe|@import|url\()", text_only,
                          re.I)
     pngs = images_of(page)
-    assert len(pngs) == 7 + 1 + 2  # the plots, the history, two contact sheets
+    assert len(pngs) == 8 + 1 + 2  # the plots (reliability also at prevalence), history, sheets
     for data in pngs:
         img = imread(io.BytesIO(data), format="png")
         assert img.std() > 0.01

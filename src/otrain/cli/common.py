@@ -73,6 +73,14 @@ def resolve_threshold(value: float | str | None, model: str | Path) -> float | N
     return float(read_metadata(model).get("threshold", 0.5))
 
 
+def add_prevalence(parser: argparse.ArgumentParser) -> None:
+    """``--prevalence P``: the share of real candidates the metrics are also given at."""
+    parser.add_argument("--prevalence", type=float, default=None, metavar="P",
+                        help="share of real candidates in your stream, in (0, 1), e.g. 0.01: "
+                             "precision, F1, MCC and the reliability diagram are also given at "
+                             "that share (default: the labelled cube's own, stated)")
+
+
 def add_device(parser: argparse.ArgumentParser, help: str) -> None:
     """``--device``, one of :data:`DEVICES` (default: auto, as in every command)."""
     parser.add_argument("--device", choices=DEVICES, default="auto", help=help)

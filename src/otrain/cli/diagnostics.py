@@ -6,6 +6,7 @@ import argparse
 
 from otrain.cli.common import (
     add_overwrite,
+    add_prevalence,
     add_scoring,
     add_threshold,
     add_validation_inputs,
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "random; all misclassified ones are exported (default: 30)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random well-classified sample (default: 0)")
+    add_prevalence(parser)
     add_scoring(parser)
     add_overwrite(parser, "replace the outputs of an earlier run in --path-diagnostics")
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_diagnostics(args.path_cube_validation, args.model, args.path_diagnostics,
                              threshold=threshold, n_examples=args.n_examples,
                              seed=args.seed, overwrite=args.overwrite,
-                             batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+                             batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+                             prevalence=args.prevalence)
     print_diagnostics(result, args.quiet)
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from otrain.cli.common import (
     add_overwrite,
+    add_prevalence,
     add_scoring,
     add_threshold,
     add_validation_inputs,
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-bins", type=int, default=6,
                         help="magnitude and magnitude-error bins, from the data's quantiles "
                              "(default: 6)")
+    add_prevalence(parser)
     add_scoring(parser)
     add_overwrite(parser, "replace plots of the same names written by an earlier run")
 
@@ -33,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     plot_results(args.path_cube_validation, args.model, args.path_plots,
                  threshold=resolve_threshold(args.threshold, args.model),
                  overwrite=args.overwrite, n_bins=args.n_bins,
-                 batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+                 batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+                 prevalence=args.prevalence)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from otrain.cli.common import add_overwrite, add_scoring, add_threshold
+from otrain.cli.common import add_overwrite, add_prevalence, add_scoring, add_threshold
 from otrain.evaluation.report import build_report
 
 
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HTML file to write (default: <model-dir>/report.html, or "
                              "<model>_report.html beside the model file)")
     add_threshold(parser)
+    add_prevalence(parser)
     add_scoring(parser)
     add_overwrite(parser, "replace an existing report")
 
@@ -31,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
     threshold = None if args.threshold == "model" else args.threshold  # None: the model's
     build_report(model_dir=args.model_dir, model=args.model, cube=args.cube, output=args.output,
                  threshold=threshold, overwrite=args.overwrite,
-                 batch_size=args.batch_size, device=args.device, quiet=args.quiet)
+                 batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+                 prevalence=args.prevalence)
     return 0

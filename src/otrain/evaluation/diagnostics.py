@@ -36,6 +36,7 @@ from otrain.evaluation.gallery import (
     sheet_path,
     warn_stale,
 )
+from otrain.evaluation.prevalence import check_prevalence, format_prevalence, prevalence_summary
 from otrain.evaluation.scores import Scores, score_datacube
 from otrain.evaluation.thresholds import format_thresholds, optimal_thresholds
 from otrain.metrics import binary_metrics, format_metrics, predict_labels
@@ -102,7 +103,8 @@ def _check_args(threshold: float, n_examples: int) -> None:
 
 def diagnose(cube: Datacube, scores: Scores, dest: str | Path, threshold: float = 0.5,
              n_examples: int = 30, seed: int = 0, overwrite: bool = False,
-             subset: str = "validation_set", quiet: bool = False) -> DiagnosticsResult:
+             subset: str = "validation_set", quiet: bool = False,
+             prevalence: float | None = None) -> DiagnosticsResult:
     """Compute the diagnostics of already scored cutouts and write every output.
 
     Parameters
@@ -125,6 +127,9 @@ def diagnose(cube: Datacube, scores: Scores, dest: str | Path, threshold: float 
         Folder between ``dest`` and the image folders.
     quiet : bool, default False
         Print nothing.
+    prevalence : float, optional
+        Share of real candidates for ``at_prevalence`` (default: the cube's own);
+        see :mod:`otrain.evaluation.prevalence`.
 
     Returns
     -------
@@ -132,6 +137,7 @@ def diagnose(cube: Datacube, scores: Scores, dest: str | Path, threshold: float 
         Paths and the ``diagnostics.json`` content.
     """
     _check_args(threshold, n_examples)
+    check_prevalence(prevalence)
     dest = Path(dest)
     check_outputs(dest, subset, overwrite)
     y, p = scores.y_true, scores.p_real
@@ -153,6 +159,7 @@ def diagnose(cube: Datacube, scores: Scores, dest: str | Path, threshold: float 
         "model": str(scores.model_path), "threshold": float(threshold),
         "model_threshold": scores.meta.get("threshold"), "n_unlabelled_skipped":
         scores.n_unlabelled, "metrics": metrics, "optimal_thresholds": optimal,
+        "at_prevalence": prevalence_summary(metrics, y, prevalence),
         "counts": counts, "n_examples": int(n_examples), "seed": int(seed),
         "contact_sheets": {k: str(v.relative_to(dest)) for k, v in sheets.items()},
         "cutouts": index,
@@ -168,7 +175,7 @@ def run_diagnostics(cube_path: str | Path, model_path: str | Path,
                     dest: str | Path = "cnn_results", threshold: float = 0.5,
                     n_examples: int = 30, seed: int = 0, overwrite: bool = False,
                     batch_size: int = 512, device: str = "cpu",
-                    quiet: bool = False) -> DiagnosticsResult:
+                    quiet: bool = False, prevalence: float | None = None) -> DiagnosticsResult:
     """Load the model and cube once, score once, and write the diagnostics (see :func:`diagnose`).
 
     Parameters
@@ -177,7 +184,7 @@ def run_diagnostics(cube_path: str | Path, model_path: str | Path,
         Labelled cube (``.h5``, or O'TRAIN ``.npz`` with integer or one-hot labels).
     model_path : str or Path
         Model file.
-    dest, threshold, n_examples, seed, overwrite, quiet
+    dest, threshold, n_examples, seed, overwrite, quiet, prevalence
         As :func:`diagnose`.
     batch_size : int, default 512
         Cutouts scored at a time.
@@ -190,12 +197,13 @@ def run_diagnostics(cube_path: str | Path, model_path: str | Path,
         Paths and the ``diagnostics.json`` content.
     """
     _check_args(threshold, n_examples)
+    check_prevalence(prevalence)
     check_outputs(Path(dest), "validation_set", overwrite)  # before the (slow) model pass
     with open_datacube(cube_path) as cube:
         loaded = load_model(model_path, device)
         scores = score_datacube(loaded, cube, batch_size, quiet)
         return diagnose(cube, scores, dest, threshold, n_examples, seed, overwrite,
-                        quiet=quiet)
+                        quiet=quiet, prevalence=prevalence)
 
 
 def format_diagnostics(summary: dict[str, Any]) -> str:
@@ -205,6 +213,8 @@ def format_diagnostics(summary: dict[str, Any]) -> str:
              "  (average_precision = area under the precision-recall curve)"]
     if summary.get("n_unlabelled_skipped"):
         lines.append(f"  {summary['n_unlabelled_skipped']} unlabelled cutouts skipped")
+    if "at_prevalence" in summary:
+        lines.append(format_prevalence(summary["at_prevalence"], m))
     lines.append(format_thresholds(summary["optimal_thresholds"]))
     c = summary["counts"]
     ex = {k: len(v) for k, v in summary["cutouts"].items()}

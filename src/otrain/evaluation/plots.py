@@ -27,6 +27,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 
 from otrain.errors import OtrainError
+from otrain.evaluation.prevalence import prevalence_outputs
 from otrain.evaluation.scores import Scores, score
 from otrain.evaluation.thresholds import FNR_TARGETS, confusion_counts, optimal_thresholds, rates
 from otrain.metrics import binary_metrics
@@ -41,6 +42,7 @@ PLOT_FILES: dict[str, str] = {
     "f1_mcc": "f1_mcc_vs_threshold.png", "score_distribution": "score_distribution.png",
     "mag": "recall_precision_vs_mag.png", "magerr": "recall_precision_vs_magerr.png",
     "reliability": "reliability.png",
+    "reliability_prevalence": "reliability_prevalence.png",
 }
 #: Magnitude placeholders of old catalogues, never a real value.
 SENTINELS = (99.0, -99.0)
@@ -283,7 +285,7 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure
 
 def build_figures(scores: Scores, threshold: float = 0.5, n_bins: int = 6,
                   mag_edges: Sequence[float] | None = None,
-                  magerr_edges: Sequence[float] | None = None
+                  magerr_edges: Sequence[float] | None = None, prevalence: float | None = None
                   ) -> tuple[dict[str, Figure], list[str]]:
     """Every evaluation figure from one set of scores.
 
@@ -323,6 +325,9 @@ def build_figures(scores: Scores, threshold: float = 0.5, n_bins: int = 6,
         if fig is not None:
             figs[key] = fig
     figs["reliability"] = reliability_figure(y, p)
+    if np.unique(y).size == 2:  # at --prevalence (default: the cube's own share)
+        figs["reliability_prevalence"], note = prevalence_outputs(y, p, threshold, prevalence)
+        notes.append(note)
     return {k: figs[k] for k in PLOT_FILES if k in figs}, notes
 
 
@@ -341,7 +346,7 @@ def write_figures(figs: dict[str, Figure], outdir: str | Path, overwrite: bool =
 def plot_results(cube_path: str | Path, model_path: str | Path, path_plots: str | Path,
                  threshold: float = 0.5, overwrite: bool = False, n_bins: int = 6,
                  batch_size: int = 512, device: str = "cpu",
-                 quiet: bool = False) -> dict[str, Path]:
+                 quiet: bool = False, prevalence: float | None = None) -> dict[str, Path]:
     """Score the cube once and write every plot into ``path_plots``.
 
     Parameters
@@ -365,6 +370,8 @@ def plot_results(cube_path: str | Path, model_path: str | Path, path_plots: str 
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     quiet : bool, default False
         Print nothing.
+    prevalence : float, optional
+        Share of real for reliability_prevalence.png and the printed metrics (default: cube's).
 
     Returns
     -------
@@ -381,7 +388,7 @@ def plot_results(cube_path: str | Path, model_path: str | Path, path_plots: str 
     for name in PLOT_FILES.values():  # refuse before the (slow) model pass
         check_writable(outdir / name, overwrite)
     scores = score(model_path, cube_path, batch_size, device, quiet)
-    figs, notes = build_figures(scores, threshold, n_bins)
+    figs, notes = build_figures(scores, threshold, n_bins, prevalence=prevalence)
     written = write_figures(figs, outdir, overwrite)
     for note in notes:
         info(note, quiet)

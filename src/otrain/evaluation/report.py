@@ -32,6 +32,7 @@ from otrain.errors import OtrainError
 from otrain.evaluation.diagnostics import select_examples
 from otrain.evaluation.gallery import outcome_sheet
 from otrain.evaluation.plots import PLOT_FILES, build_figures
+from otrain.evaluation.prevalence import check_prevalence, prevalence_section, prevalence_summary
 from otrain.evaluation.scores import Scores, score_datacube
 from otrain.evaluation.thresholds import optimal_thresholds
 from otrain.metrics import METRIC_NAMES, binary_metrics
@@ -53,6 +54,8 @@ _CAPTIONS = {
     "mag": "Recall and precision per magnitude bin, with the class counts of each bin.",
     "magerr": "Recall and precision per magnitude-error bin.",
     "reliability": "Calibration: fraction of real cutouts against the mean score of each bin.",
+    "reliability_prevalence": "Calibration on the cube and reweighted to the prevalence stated "
+                              "above (the share of real candidates in the stream).",
 }
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
@@ -236,7 +239,8 @@ def _model_card(meta: dict[str, Any], model_file: Path, cube_path: Path,
 def build_report(model_dir: str | Path | None = None, model: str | Path | None = None,
                  cube: str | Path | None = None, output: str | Path | None = None,
                  threshold: float | None = None, overwrite: bool = False,
-                 batch_size: int = 512, device: str = "cpu", quiet: bool = False) -> Path:
+                 batch_size: int = 512, device: str = "cpu", quiet: bool = False,
+                 prevalence: float | None = None) -> Path:
     """Evaluate a model once and write its HTML report.
 
     Parameters
@@ -262,12 +266,16 @@ def build_report(model_dir: str | Path | None = None, model: str | Path | None =
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     quiet : bool, default False
         Print nothing.
+    prevalence : float, optional
+        Share of real candidates for the metrics and calibration "at prevalence" (default: the
+        cube's own), see :mod:`otrain.evaluation.prevalence`.
 
     Returns
     -------
     Path
         The report written.
     """
+    check_prevalence(prevalence)
     folder, model_file, cube_path, notes = resolve_inputs(model_dir, model, cube)
     if output is None:
         output = (folder / "report.html" if folder is not None
@@ -291,7 +299,8 @@ def build_report(model_dir: str | Path | None = None, model: str | Path | None =
         counts = {"FP": m["confusion_matrix"][0][1], "FN": m["confusion_matrix"][1][0]}
         sheets = {k: outcome_sheet(cube_obj, scores, picks[k][:50], k, thr, counts[k])
                   for k in ("FP", "FN")}
-    figs, plot_notes = build_figures(scores, thr)
+    figs, plot_notes = build_figures(scores, thr, prevalence=prevalence)
+    at = prevalence_summary(m, y, prevalence)
     opt = optimal_thresholds(y, p)
     is_test = cube_path.name == TEST_CUBE.name
     label = f"{'test' if is_test else 'evaluated'} cube (this report)"
@@ -308,6 +317,7 @@ def build_report(model_dir: str | Path | None = None, model: str | Path | None =
              f"threshold {thr:g} (real when P(real) &gt; threshold).</p>"]
     parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
     parts += ["<h2>Metrics</h2>", _metrics_section(train_metrics, m, label),
+              "<h2>At your share of real candidates</h2>", prevalence_section(at, m),
               "<h2>Confusion matrix</h2>", _confusion_section(m),
               "<h2>Choosing the threshold</h2>", _thresholds_section(opt), "<h2>Plots</h2>"]
     parts += [_figure(fig, _CAPTIONS[k], PLOT_FILES[k]) for k, fig in figs.items()]
