@@ -38,3 +38,13 @@ def add_scoring(parser: argparse.ArgumentParser) -> None:
 def add_overwrite(parser: argparse.ArgumentParser, help: str) -> None:
     """``--overwrite`` (a switch); ``help`` says what it replaces."""
     parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_precision(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--precision auto|fp32|bf16|fp16`` (default auto; :mod:`otrain.models.precision`)."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help=f"numeric precision of {what}: auto = bf16 where the hardware "
+                             "computes it natively (CPUs with AMX or AVX512-BF16, Ampere+ GPUs; "
+                             "fp16 on older GPUs with tensor cores), else fp32; fp16 is for "
+                             "CUDA only. The first batch is checked against fp32 and falls back "
+                             "to fp32 if they differ (default: auto)")

@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from otrain.cli.common import add_precision
 from otrain.cluster import add_dask_arguments
 from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reading processes; 0 = one per core (default: 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                         help="where to run the network (default: cpu)")
+    add_precision(parser, "the network")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     result = score(source, args.model, args.output, channels=channels,
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
-                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)
+                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet,
+                   precision=args.precision)
     if not args.quiet:
         print(result.report.summary())
     return 0

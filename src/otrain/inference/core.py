@@ -75,6 +75,7 @@ def score_cutouts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -85,7 +86,8 @@ def score_cutouts(
     """
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
-                                        batch_size, workers, threshold, strict, quiet, report))
+                                        batch_size, workers, threshold, strict, quiet, report,
+                                        precision))
     return InferResult(table, report)
 
 
@@ -96,6 +98,7 @@ def score_alerts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score alert packets; the parameters are those of
     :func:`otrain.inference.alerts.iter_alert_scores`.
@@ -107,7 +110,7 @@ def score_alerts(
     """
     report = InferReport()
     table = _collect(iter_alert_scores(paths, loaded, batch_size, threshold, strict, quiet,
-                                       report))
+                                       report, precision=precision))
     return InferResult(table, report)
 
 
@@ -118,6 +121,7 @@ def score_datacube(
     batch_size: int = 512,
     threshold: float | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score every row of a datacube.
 
@@ -135,6 +139,8 @@ def score_datacube(
         Adds the ``class`` column.
     quiet : bool, default False
         No progress output.
+    precision : str, default "fp32"
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`).
 
     Returns
     -------
@@ -143,12 +149,13 @@ def score_datacube(
     """
     if not isinstance(cube, Datacube):
         with open_datacube(cube) as opened:
-            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet)
+            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet,
+                                  precision)
     if len(cube) == 0:
         raise OtrainError("datacube holds no cutouts", cube.path)
     report = InferReport()
     table = _collect(iter_datacube_scores(cube, loaded, cutout_size, batch_size, threshold,
-                                          quiet, report))
+                                          quiet, report, precision))
     return InferResult(table, report)
 
 
@@ -211,6 +218,7 @@ def infer(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -229,6 +237,9 @@ def infer(
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     overwrite : bool, default False
         Replace an existing output file.
+    precision : str, default "fp32"
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`; ``otrain-infer``
+        defaults to ``auto``); the choice is in ``report.precision``.
 
     Returns
     -------
@@ -242,12 +253,13 @@ def infer(
     if isinstance(source, str | Path) and not Path(source).exists():
         raise OtrainError("no such folder or file", source)
     if isinstance(source, str | Path) and is_datacube_path(source):
-        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet)
+        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet,
+                                precision)
     elif is_alert_source(source):
-        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
+        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet, precision)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet)
+                               threshold, strict, quiet, precision)
     write_scores(result.table, out, overwrite)
     result.report.output = str(out)
     return result

@@ -20,6 +20,12 @@ from otrain.cutouts.reading import EXTENSION_NAMES, read_cutout
 from otrain.errors import CutoutError, OtrainError
 from otrain.models.modelfile import LoadedModel
 from otrain.models.normalise import normalise
+from otrain.models.precision import (
+    GuardedForward,
+    Precision,
+    low_precision_scorer,
+    resolve_precision,
+)
 
 __all__ = ["FORWARD_CHUNK", "ORIGINAL_COLUMNS", "SOURCE_COLUMNS", "TABLE_COLUMNS", "Chunk",
            "InferReport", "Scorer", "account", "all_failed", "check_settings", "model_channels",
@@ -60,6 +66,9 @@ class InferReport:
         Wall time of reading and scoring.
     output : str or None
         File written by :func:`infer`.
+    precision : dict or None
+        What the network ran in (:meth:`otrain.models.precision.Precision.record`; with Dask,
+        ``precision`` lists every worker's choice, comma-separated, and ``note`` any fallback).
     """
 
     source: str = ""
@@ -72,6 +81,7 @@ class InferReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     output: str | None = None
+    precision: dict[str, str] | None = None
 
     def summary(self, first: int = 5) -> str:
         """A few lines for the terminal: counts, the first skipped files, the output."""
@@ -83,6 +93,10 @@ class InferReport:
         lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped[:first]]
         if self.n_skipped > first:
             lines.append(f"  ... and {self.n_skipped - first} more")
+        if self.precision:
+            p = self.precision
+            lines.append(f"precision {p['precision']} ({p['requested']}: {p['reason']})"
+                         + (f"; {p['note']}" if p.get("note") else ""))
         if self.output:
             lines.append(f"Saved to {self.output}")
         return "\n".join(lines)
@@ -128,25 +142,45 @@ class Scorer:
     fused in-place ReLU, about 1.5x faster than eager channels-last) and checked against the eager
     network on a probe batch. TorchScript is deprecated in recent torch: on any failure or
     difference, or on GPU, the eager network is used (channels-last on CPU).
+
+    ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 run a low-precision copy
+    (channels-last, logits layer in fp32) instead; the first batch is scored in fp32 too and a
+    difference above :data:`~otrain.models.precision.INFER_TOLERANCE` falls back to fp32
+    (``self.precision`` then carries the note).
     """
 
-    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int]) -> None:
+    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int],
+                 precision: str | Precision = "fp32") -> None:
         self.device = loaded.device
         model = copy.deepcopy(loaded.model).eval()
+        self.precision = (precision if isinstance(precision, Precision)
+                          else resolve_precision(precision, self.device))
         self.channels_last = self.device.type == "cpu"
         self.model: Any = model.to(memory_format=torch.channels_last) if self.channels_last \
             else model
-        if self.device.type == "cpu":
-            try:
-                probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(model, probe[:1])
-                    fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-                    if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
-                        self.model, self.channels_last = fast, False
-            except Exception:  # any TorchScript failure: keep the eager network
-                pass
+        low = None
+        if self.precision.dtype is not None:  # fp32 (eager) only for the first-batch guard
+            low = low_precision_scorer(model, self.precision, self.device)
+        elif self.device.type == "cpu":
+            self._freeze(model, shape)
+        self.forward = GuardedForward(self._fp32, low, self.precision)
+
+    def _freeze(self, model: torch.nn.Module, shape: tuple[int, int, int]) -> None:
+        try:
+            probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model, probe[:1])
+                fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
+                    self.model, self.channels_last = fast, False
+        except Exception:  # any TorchScript failure: keep the eager network
+            pass
+
+    def _fp32(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``.
@@ -166,9 +200,7 @@ class Scorer:
                     batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
                                                             dtype=batch.dtype)])
                 x = torch.from_numpy(batch).to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x)[:k].double()
+                logits = self.forward(x, k)[:k].double()
                 out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 

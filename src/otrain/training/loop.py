@@ -66,6 +66,7 @@ from otrain.errors import OtrainError
 from otrain.models.modelfile import load_model
 from otrain.models.networks import build_model, count_parameters
 from otrain.models.normalise import resolve_method
+from otrain.models.precision import TrainPrecision, resolve_precision
 from otrain.progress import Progress, info
 from otrain.training import ddp as distributed
 from otrain.training.config import TrainConfig, epoch_lr
@@ -111,6 +112,7 @@ class _State:
     best_loss: float = float("inf")
     bad: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    prec: TrainPrecision | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,19 +120,25 @@ class _State:
 # ------------------------------------------------------------------------------------------
 def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                  crit: nn.Module, dev: torch.device, threshold: float, bar: Progress,
-                 shares: list[tuple[float, float]] | None = None) -> tuple[float, int, int]:
+                 shares: list[tuple[float, float]] | None = None,
+                 prec: TrainPrecision | None = None) -> tuple[float, int, int]:
     """One pass over ``loader``; returns the sums (loss x cutouts, correct, cutouts).
 
     ``shares`` (several processes; ``crit`` then sums): per batch, the factor turning the local
     weighted loss sum into this rank's share of the global batch mean (x world size, as DDP
     averages gradients), and the factor turning that into this rank's part of loss x cutouts.
+    ``prec``: autocast of the forward pass and (loss-scaled for fp16) backward pass and step.
     """
+    prec = prec or TrainPrecision(resolve_precision("fp32"), dev)
+    cuda = dev.type == "cuda"
     model.train()
     total, loss_sum, correct = 0, 0.0, 0
     for i, (xb, yb) in enumerate(loader):
-        xb, yb = xb.to(dev), yb.to(dev)
+        xb, yb = xb.to(dev, non_blocking=cuda), yb.to(dev, non_blocking=cuda)
         opt.zero_grad(set_to_none=True)
-        logits = model(xb)
+        with prec.autocast():
+            logits = model(xb)
+        logits = logits.float()
         loss = crit(logits, yb)
         n = int(yb.shape[0])
         if shares is None:
@@ -138,8 +146,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimize
         else:
             loss = loss * shares[i][0]
             part = float(loss.detach()) * shares[i][1]
-        loss.backward()
-        opt.step()
+        prec.step(loss, opt)
         total += n
         loss_sum += part
         pred = (torch.softmax(logits.detach(), 1)[:, 1] > threshold).long()
@@ -232,7 +239,8 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
         metrics = final_metrics(st.net, st.source, st.split, st.y_all, config.threshold,
                                 st.best_epoch, len(st.history), ctx, dev, config.batch_size)
         result = write_outputs(cube, cube_path, root, model_name, st.net, st.split,
-                               asdict(config), st.history, st.best_epoch, metrics,
+                               {**asdict(config), "precision_used": st.prec.precision.record()},
+                               st.history, st.best_epoch, metrics,
                                ctx.world_size, write=ctx.is_main)
         info(f"model written to {result.model_file}", quiet)
     return result
@@ -279,8 +287,12 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
          f"{count_parameters(net):,} parameters, on {dev}{procs}; images "
          f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
+    prec = TrainPrecision(resolve_precision(config.precision, dev), dev)
+    prec.guard(net, torch.from_numpy(source.get(split.train[:config.batch_size])),
+               (lambda d: float(ctx.broadcast([d])[0])) if ctx.distributed else None)
+    info(prec.precision.describe(), quiet)
     return _State(split, y_all, source, net, opt, class_w, 8 if h == w else 4, history, start,
-                  best_epoch, best_loss, bad, best_state)
+                  best_epoch, best_loss, bad, best_state, prec)
 
 
 def _start_from(net: nn.Module, config: TrainConfig, cube: Datacube) -> None:
@@ -324,14 +336,14 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                                         ctx.world_size)
             loader = DataLoader(EpochBatches(st.source, st.y_all, batches, codes),
                                 batch_size=None, shuffle=False, num_workers=config.workers,
-                                generator=loader_gen)
+                                generator=loader_gen, pin_memory=dev.type == "cuda")
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
                 sums = _train_epoch(model, loader, st.opt, crit, dev, config.threshold, bar,
-                                    shares)
+                                    shares, st.prec)
             loss_sum, correct, total = ctx.all_sum(sums)
             val_logits = predict_all(st.net, st.source, st.split.val, ctx, dev,
-                                      config.batch_size)
+                                      config.batch_size, st.prec.precision)
             v_loss, v_acc, v_auc = evaluate(val_logits, st.y_all[st.split.val], weight,
                                              config.threshold)
             # rank 0's numbers decide (early stopping, best epoch) on every rank
