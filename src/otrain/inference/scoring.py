@@ -170,7 +170,9 @@ class Scorer:
             probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(model, probe[:1])
+                # check_trace=False: the check (torch.testing) imports torch.distributed.tensor,
+                # seconds of start-up; the frozen graph is checked on the probe below instead
+                traced = torch.jit.trace(model, probe[:1], check_trace=False)
                 fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
                 if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
                     self.model, self.channels_last = fast, False
