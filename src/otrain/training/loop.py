@@ -24,7 +24,11 @@ warn-only, while training). Changing the split or network settings on resume is 
 
 Speed: training turns on ``torch.set_flush_denormal(True)`` for the process. Tiny (denormal)
 gradient values otherwise take the CPU's slow path: an epoch of the O'TRAIN network on 8,500
-32x32 cutouts took 33 s with them and 10 s without, on 2 cores.
+32x32 cutouts took 33 s with them and 10 s without, on 2 cores. The network and its batches are
+channels-last (NHWC, Keras's layout) while training: oneDNN's NCHW convolution backward pass was
+a third of a step and the largest single cost (torch.profiler, benchmarks/train_infer.py).
+``precision`` (:mod:`otrain.models.precision`): bf16/fp16 autocast of the forward pass (and the
+validation passes), fp32 weights and optimizer, the first batch checked against fp32.
 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam, at a constant learning rate or on a cosine schedule over ``epochs``
@@ -134,7 +138,8 @@ def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimize
     model.train()
     total, loss_sum, correct = 0, 0.0, 0
     for i, (xb, yb) in enumerate(loader):
-        xb, yb = xb.to(dev, non_blocking=cuda), yb.to(dev, non_blocking=cuda)
+        xb = xb.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+        yb = yb.to(dev, non_blocking=cuda)
         opt.zero_grad(set_to_none=True)
         with prec.autocast():
             logits = model(xb)
@@ -236,6 +241,7 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
         ctx.agree(None)
         _run_epochs(st, root / "checkpoint.pt", config, ctx, dev, quiet)
         st.net.load_state_dict(st.best_state)
+        st.net.to(memory_format=torch.contiguous_format)  # as saved (safetensors: contiguous)
         metrics = final_metrics(st.net, st.source, st.split, st.y_all, config.threshold,
                                 st.best_epoch, len(st.history), ctx, dev, config.batch_size)
         result = write_outputs(cube, cube_path, root, model_name, st.net, st.split,
@@ -262,6 +268,7 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
     if config.init_from and not config.resume:
         _start_from(net, config, cube)
+    net = net.to(memory_format=torch.channels_last)  # before the optimizer sees the weights
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     y_train = y_all[split.train]
     class_w = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
