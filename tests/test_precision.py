@@ -213,3 +213,20 @@ def test_cuda_autocast_paths(trained: tuple[Path, np.ndarray, np.ndarray]) -> No
             continue
         scorer = Scorer(loaded, x.shape[1:], name)
         assert np.abs(scorer(x) - fp32).max() <= prec.INFER_TOLERANCE, scorer.precision.note
+
+
+def test_infer_help_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    import otrain.cli.infer as cli_infer
+    from otrain.inference import core
+
+    assert cli_infer.DEFAULT_OUTPUT_NAME == core.DEFAULT_OUTPUT_NAME
+    assert cli_infer.FORMATS == tuple(core.FORMATS)
+    code = ("import sys, contextlib, io\nfrom otrain.cli.main import run_command\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    run_command('infer', ['-h'])\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

@@ -15,11 +15,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from otrain.cli.common import add_precision
 from otrain.cluster import add_dask_arguments
-from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
-from otrain.inference.core import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
-from otrain.inference.dask.client import dask_infer
-from otrain.models.modelfile import read_metadata
+
+# Heavy modules (torch, astropy) are imported in run(): `otrain-infer -h` and flag errors do not
+# wait for them. These two mirror otrain.inference.core (tests/test_precision.py checks).
+DEFAULT_OUTPUT_NAME = "infer_results.dat"
+FORMATS = (".dat", ".csv", ".ecsv")
 
 
 def _threshold(text: str) -> float | str:
@@ -73,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, write the table and print a short summary."""
+    from otrain.cutouts.reading import parse_channels
+    from otrain.inference.core import infer, is_datacube_path
+    from otrain.inference.dask.client import dask_infer
+    from otrain.models.modelfile import read_metadata
+
     threshold = args.threshold
     if threshold == "model":
         threshold = float(read_metadata(args.model).get("threshold", 0.5))
