@@ -217,10 +217,10 @@ def test_checkpoint_without_expected_keys(tmp_path: Path) -> None:
 
 
 def test_train_workers_capped(tmp_path: Path) -> None:
-    from otrain.training.loop import _loader_workers
+    from otrain.training.checks import loader_workers
 
-    assert _loader_workers(1000, quiet=True) <= 64
-    assert _loader_workers(0, quiet=True) == 0
+    assert loader_workers(1000, quiet=True) <= 64
+    assert loader_workers(0, quiet=True) == 0
 
 
 # --- command line -------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def test_every_format_round_trips_through_pandas(scored: dict) -> None:
     for suffix in (".dat", ".csv", ".ecsv", ".parquet"):
         out = root / f"scores{suffix}"
         run_cli("otrain-infer", "--cutouts", str(scored["cube"]), "--model", str(scored["model"]),
-                "--output", str(out), "--threshold", "model", "-q", check=True) \
+                "--output", str(out), "--threshold", "model", "--precision", "fp32", "-q",
+                check=True) \
             if suffix == ".dat" else infer(scored["cube"], scored["model"], out, threshold=0.503,
                                            quiet=True)
         frames[suffix] = {".dat": read_dat, ".csv": pd.read_csv, ".parquet": pd.read_parquet,

@@ -113,3 +113,13 @@ def require_parent(path: str | Path | None, flag: str) -> None:
     if not parent.is_dir():
         raise OtrainError(f"folder does not exist (create it first: {flag} creates only "
                           f"{Path(path).name!r} inside an existing folder)", parent)
+
+
+def add_precision(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--precision auto|fp32|bf16|fp16`` (default auto; :mod:`otrain.models.precision`)."""
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help=f"numeric precision of {what}: auto = bf16 where the hardware "
+                             "computes it natively (CPUs with AMX or AVX512-BF16, Ampere+ GPUs; "
+                             "fp16 on older GPUs with tensor cores), else fp32; fp16 is for "
+                             "CUDA only. The first batch is checked against fp32 and falls back "
+                             "to fp32 if they differ (default: auto)")

@@ -13,13 +13,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from otrain.cli.common import add_device, parse_threshold, resolve_threshold
+from otrain.cli.common import add_device, add_precision, parse_threshold, resolve_threshold
 from otrain.cluster import add_dask_arguments
-from otrain.cutouts.keywords import parse_keyword_map
-from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
-from otrain.inference.core import DEFAULT_OUTPUT_NAME, FORMATS, infer, is_datacube_path
-from otrain.inference.dask.client import dask_infer
+
+# Heavy modules (torch, astropy) are imported in run(): `otrain-infer -h` and flag errors do not
+# wait for them. These two mirror otrain.inference (tests/test_precision.py checks).
+DEFAULT_OUTPUT_NAME = "infer_results.dat"
+FORMATS = (".dat", ".csv", ".ecsv", ".parquet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="reading processes; 0 = one per core (default: 0)")
     add_device(parser, "where to run the network; auto = a GPU if any (default: auto)")
+    add_precision(parser, "the network")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -63,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, write the table and print a short summary."""
+    from otrain.cutouts.keywords import parse_keyword_map
+    from otrain.cutouts.reading import parse_channels
+    from otrain.inference.core import infer, is_datacube_path
+    from otrain.inference.dask.client import dask_infer
+
     threshold = resolve_threshold(args.threshold, args.model)
     source = args.cutouts[0] if len(args.cutouts) == 1 else args.cutouts
     if len(args.cutouts) > 1 and any(is_datacube_path(p) for p in args.cutouts):
@@ -76,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     result = score(source, args.model, args.output, channels=channels, **extra,
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
-                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)
+                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet,
+                   precision=args.precision)
     if not args.quiet:
         print(result.report.summary())
     return 0

@@ -16,7 +16,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from otrain.cli.common import add_device, add_overwrite
+from otrain.cli.common import add_device, add_overwrite, add_precision
 from otrain.errors import OtrainError
 from otrain.metrics import format_metrics
 from otrain.models.networks import available_architectures
@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this many epochs without a better validation loss and "
                              f"keep the best epoch; 0 never stops early (default: {d.patience})")
     add_device(parser, "where to train; auto = a GPU if any (default: auto)")
+    add_precision(parser, "training (fp32 master weights, autocast) and of the validation "
+                  "passes")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="processes reading large cubes in the background (default: 0)")
     parser.add_argument("--nproc", type=int, default=d.nproc, metavar="N",
@@ -114,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, threshold=args.threshold, patience=args.patience or None,
         device=args.device, resume=args.resume, workers=args.workers, nproc=args.nproc,
-        init_from=args.init_from,
+        init_from=args.init_from, precision=args.precision,
         **fixed,
     )
     result = train(args.cube, args.model_path, args.model_name, config,

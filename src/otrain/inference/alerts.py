@@ -25,8 +25,9 @@ from astropy.table import Table
 
 from otrain.alerts import AlertReport, iter_alert_batches
 from otrain.errors import OtrainError
-from otrain.inference.scoring import InferReport
+from otrain.inference.scoring import InferReport, Scorer
 from otrain.models.modelfile import LoadedModel, predict_proba
+from otrain.models.normalise import normalise
 from otrain.progress import Progress
 
 #: File endings of alert packets.
@@ -87,6 +88,7 @@ def iter_alert_scores(
     quiet: bool = False,
     report: InferReport | None = None,
     alert_report: AlertReport | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Table]:
     """Yield the scores of alert batches as tables (see the module documentation).
 
@@ -106,6 +108,10 @@ def iter_alert_scores(
         No progress output.
     report, alert_report : optional
         Filled in while scoring.
+    precision : str, default "fp32"
+        fp32 scores with the eager network (:func:`otrain.models.modelfile.predict_proba`);
+        ``auto``/``bf16``/``fp16`` with :class:`otrain.inference.scoring.Scorer` in that
+        precision (:mod:`otrain.models.precision`).
 
     Yields
     ------
@@ -119,9 +125,17 @@ def iter_alert_scores(
     report.threshold = float(threshold if threshold is not None else loaded.threshold)
     start = time.perf_counter()
     batches = iter_alert_batches(paths, channels, h, batch_size, strict, alert_report)
+    scorer = None
+    if precision != "fp32":
+        scorer = Scorer(loaded, (len(channels), *loaded.input_size), precision)
+        report.precision = scorer.precision.record()
     with Progress(None, "scoring alerts", quiet=quiet, unit="alert") as bar:
         for images, columns in batches:
-            p_real = predict_proba(loaded, images, batch_size=min(batch_size, 512))
+            if scorer is None:
+                p_real = predict_proba(loaded, images, batch_size=min(batch_size, 512))
+            else:
+                p_real = scorer(normalise(images, loaded.normalisation))[:, 1]
+                report.precision = scorer.precision.record()
             rows = {name: np.asarray(columns[name]) for name in ALERT_COLUMNS if name in columns}
             rows["label0"] = 1.0 - p_real
             rows["label1"] = p_real

@@ -78,6 +78,7 @@ def score_cutouts(
     strict: bool = False,
     quiet: bool = False,
     keywords: dict[str, str] | None = None,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -89,7 +90,7 @@ def score_cutouts(
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
                                         batch_size, workers, threshold, strict, quiet, report,
-                                        keywords))
+                                        keywords, precision))
     return InferResult(table, report)
 
 
@@ -100,6 +101,7 @@ def score_alerts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score alert packets; the parameters are those of
     :func:`otrain.inference.alerts.iter_alert_scores`.
@@ -111,7 +113,7 @@ def score_alerts(
     """
     report = InferReport()
     table = _collect(iter_alert_scores(paths, loaded, batch_size, threshold, strict, quiet,
-                                       report))
+                                       report, precision=precision))
     return InferResult(table, report)
 
 
@@ -122,6 +124,7 @@ def score_datacube(
     batch_size: int = 512,
     threshold: float | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
 ) -> InferResult:
     """Score every row of a datacube.
 
@@ -139,6 +142,8 @@ def score_datacube(
         Adds the ``class`` column.
     quiet : bool, default False
         No progress output.
+    precision : str, default "fp32"
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`).
 
     Returns
     -------
@@ -147,12 +152,13 @@ def score_datacube(
     """
     if not isinstance(cube, Datacube):
         with open_datacube(cube) as opened:
-            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet)
+            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet,
+                                  precision)
     if len(cube) == 0:
         raise OtrainError("datacube holds no cutouts", cube.path)
     report = InferReport()
     table = _collect(iter_datacube_scores(cube, loaded, cutout_size, batch_size, threshold,
-                                          quiet, report))
+                                          quiet, report, precision))
     return InferResult(table, report)
 
 
@@ -228,6 +234,7 @@ def infer(
     overwrite: bool = False,
     quiet: bool = False,
     keywords: dict[str, str] | None = None,
+    precision: str = "fp32",
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -248,6 +255,9 @@ def infer(
         Replace an existing output file.
     keywords : dict, optional
         The user's header names for cutout files (:mod:`otrain.cutouts.keywords`).
+    precision : str, default "fp32"
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`; ``otrain-infer``
+        defaults to ``auto``); the choice is in ``report.precision``.
 
     Returns
     -------
@@ -261,12 +271,13 @@ def infer(
     if isinstance(source, str | Path) and not Path(source).exists():
         raise OtrainError("no such folder or file", source)
     if isinstance(source, str | Path) and is_datacube_path(source):
-        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet)
+        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet,
+                                precision)
     elif is_alert_source(source):
-        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
+        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet, precision)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet, keywords)
+                               threshold, strict, quiet, keywords, precision)
     if result.report.n_scored and result.report.n_nonfinite == result.report.n_scored:
         raise OtrainError(f"gives no finite score (NaN or inf for all {result.report.n_scored} "
                           "cutouts): the model or the inputs are broken; nothing written",

@@ -21,6 +21,12 @@ from otrain.cutouts.reading import EXTENSION_NAMES, read_cutout
 from otrain.errors import CutoutError, OtrainError
 from otrain.models.modelfile import LoadedModel
 from otrain.models.normalise import normalise
+from otrain.models.precision import (
+    GuardedForward,
+    Precision,
+    low_precision_scorer,
+    resolve_precision,
+)
 
 __all__ = ["FORWARD_CHUNK", "ORIGINAL_COLUMNS", "SOURCE_COLUMNS", "TABLE_COLUMNS", "Chunk",
            "InferReport", "Scorer", "account", "all_failed", "check_settings", "model_channels",
@@ -63,6 +69,9 @@ class InferReport:
         File written by :func:`infer`.
     notes : dict of str to int
         Fallbacks taken (crop, keyword or EDGE absent), with the number of cutouts each.
+    precision : dict or None
+        What the network ran in (:meth:`otrain.models.precision.Precision.record`; with Dask,
+        ``precision`` lists every worker's choice, comma-separated, and ``note`` any fallback).
     """
 
     source: str = ""
@@ -77,6 +86,7 @@ class InferReport:
     output: str | None = None
     notes: dict[str, int] = field(default_factory=dict)
     n_nonfinite: int = 0
+    precision: dict[str, str] | None = None
 
     def summary(self, first: int = 5) -> str:
         """A few lines for the terminal: counts, the first skipped files, the output."""
@@ -92,6 +102,10 @@ class InferReport:
         if self.n_nonfinite:
             lines.append(f"note: {self.n_nonfinite} of {self.n_scored} scores are not finite "
                          "(written as nan): the model overflowed on those cutouts")
+        if self.precision:
+            p = self.precision
+            lines.append(f"precision {p['precision']} ({p['requested']}: {p['reason']})"
+                         + (f"; {p['note']}" if p.get("note") else ""))
         if self.output:
             lines.append(f"Saved to {self.output}")
         return "\n".join(lines)
@@ -138,25 +152,47 @@ class Scorer:
     fused in-place ReLU, about 1.5x faster than eager channels-last) and checked against the eager
     network on a probe batch. TorchScript is deprecated in recent torch: on any failure or
     difference, or on GPU, the eager network is used (channels-last on CPU).
+
+    ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 run a low-precision copy
+    (channels-last, logits layer in fp32) instead; the first batch is scored in fp32 too and a
+    difference above :data:`~otrain.models.precision.INFER_TOLERANCE` falls back to fp32
+    (``self.precision`` then carries the note).
     """
 
-    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int]) -> None:
+    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int],
+                 precision: str | Precision = "fp32") -> None:
         self.device = loaded.device
         model = copy.deepcopy(loaded.model).eval()
+        self.precision = (precision if isinstance(precision, Precision)
+                          else resolve_precision(precision, self.device))
         self.channels_last = self.device.type == "cpu"
         self.model: Any = model.to(memory_format=torch.channels_last) if self.channels_last \
             else model
-        if self.device.type == "cpu":
-            try:
-                probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(model, probe[:1])
-                    fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-                    if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
-                        self.model, self.channels_last = fast, False
-            except Exception:  # any TorchScript failure: keep the eager network
-                pass
+        low = None
+        if self.precision.dtype is not None:  # fp32 (eager) only for the first-batch guard
+            low = low_precision_scorer(model, self.precision, self.device)
+        elif self.device.type == "cpu":
+            self._freeze(model, shape)
+        self.forward = GuardedForward(self._fp32, low, self.precision)
+
+    def _freeze(self, model: torch.nn.Module, shape: tuple[int, int, int]) -> None:
+        try:
+            probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                # check_trace=False: the check (torch.testing) imports torch.distributed.tensor,
+                # seconds of start-up; the frozen graph is checked on the probe below instead
+                traced = torch.jit.trace(model, probe[:1], check_trace=False)
+                fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
+                    self.model, self.channels_last = fast, False
+        except Exception:  # any TorchScript failure: keep the eager network
+            pass
+
+    def _fp32(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``.
@@ -176,9 +212,7 @@ class Scorer:
                     batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
                                                             dtype=batch.dtype)])
                 x = torch.from_numpy(batch).to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x)[:k].double()
+                logits = self.forward(x, k)[:k].double()
                 out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 

@@ -104,6 +104,7 @@ def iter_cutout_scores(
     quiet: bool = False,
     report: InferReport | None = None,
     keywords: dict[str, str] | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Table]:
     """Score cutout files batch by batch, yielding one scores table per batch (streaming).
 
@@ -131,6 +132,8 @@ def iter_cutout_scores(
         Filled in as batches are scored (``notes`` counts the fallbacks the reader took).
     keywords : dict, optional
         The user's header names (:func:`otrain.cutouts.keywords.parse_keyword_map`).
+    precision : str, default "fp32"
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`).
 
     Yields
     ------
@@ -171,7 +174,8 @@ def iter_cutout_scores(
     tasks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     n_workers = min(n_workers, len(tasks))
     per_batch = max(1, batch_size // chunk)
-    scorer = Scorer(loaded, (len(chans), h, w))
+    scorer = Scorer(loaded, (len(chans), h, w), precision)
+    report.precision = scorer.precision.record()
     start = time.monotonic()
     with _torch_threads(n_threads), Progress(len(files), "scoring cutouts", quiet,
                                                  unit="cutout") as bar, \
@@ -186,6 +190,7 @@ def iter_cutout_scores(
                 raise all_failed(report, f"none of the first {len(errors)} files")
             if meta:
                 probs = scorer(np.concatenate([p.images for p in parts]))
+                report.precision = scorer.precision.record()
                 table = table_rows(meta, [f for p in parts for f in p.paths], probs,
                               [m["edge"] for m in meta], threshold, None)
                 account(report, table, thr)
@@ -205,6 +210,7 @@ def iter_datacube_scores(
     threshold: float | None = None,
     quiet: bool = False,
     report: InferReport | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Table]:
     """Score the rows of a datacube batch by batch (streaming); see :func:`score_datacube`."""
     report = report if report is not None else InferReport()
@@ -224,7 +230,7 @@ def iter_datacube_scores(
     labels = cube.labels
     labelled = bool(np.any(labels >= 0))
     names = [n for n in (*SOURCE_COLUMNS.values(), "source_file") if n in tab.colnames]
-    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))))
+    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))), precision)
     start = time.monotonic()
     with _torch_threads(_cpu_count()), Progress(len(cube), "scoring datacube", quiet,
                                                  unit="cutout") as bar:
@@ -233,6 +239,7 @@ def iter_datacube_scores(
                 y0, x0 = ch // 2 - size // 2, cw // 2 - size // 2
                 images = images[:, :, y0:y0 + size, x0:x0 + size]
             probs = scorer(normalise(images, loaded.normalisation))
+            report.precision = scorer.precision.record()
             sub = tab[rows]
             meta = [dict(zip(names, vals, strict=True))
                     for vals in zip(*(np.asarray(sub[n]).tolist() for n in names), strict=True)]

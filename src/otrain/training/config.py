@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from otrain.errors import OtrainError
 from otrain.models.networks import available_architectures
 from otrain.models.normalise import AUTO, TRAIN_METHODS
+from otrain.models.precision import PRECISIONS
 
 __all__ = ["LR_SCHEDULES", "TrainConfig", "epoch_lr"]
 
@@ -55,6 +56,10 @@ class TrainConfig:
     group_by: str | None = None
     #: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     device: str = "auto"
+    #: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA) for the training steps and the
+    #: validation passes (:mod:`otrain.models.precision`; the weights stay fp32). The API
+    #: default is fp32 (bit-reproducible as before); ``otrain-train`` defaults to auto.
+    precision: str = "fp32"
     #: Continue from the model folder's ``checkpoint.pt``.
     resume: bool = False
     #: DataLoader processes preparing batches (helps with large HDF5 cubes read lazily).
@@ -82,6 +87,9 @@ class TrainConfig:
             raise OtrainError(f"patience must be at least 1 epoch, got {self.patience}")
         if self.workers < 0:
             raise OtrainError(f"workers must be >= 0, got {self.workers}")
+        if self.precision not in PRECISIONS:
+            raise OtrainError(f"unknown precision '{self.precision}'; choose from "
+                              f"{', '.join(PRECISIONS)}")
         if self.nproc < 1:
             raise OtrainError(f"nproc must be at least 1, got {self.nproc}")
         if self.arch not in available_architectures():

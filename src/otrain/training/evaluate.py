@@ -15,17 +15,19 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from otrain.metrics import binary_metrics
+from otrain.models.precision import Precision, autocast
 from otrain.training.ddp import DistContext
 from otrain.training.outputs import class_sizes
 from otrain.training.splits import Split, SplitImages
 
 
 def predict(model: nn.Module, source: SplitImages, rows: np.ndarray, dev: torch.device,
-            batch_size: int) -> torch.Tensor:
-    """Logits ``(len(rows), 2)`` on the CPU, eval mode, no gradient."""
+            batch_size: int, precision: Precision | None = None) -> torch.Tensor:
+    """Logits ``(len(rows), 2)`` on the CPU, eval mode, no gradient (autocast in
+    ``precision``: bf16/fp16 validation passes)."""
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast(dev, precision):
         for start in range(0, rows.size, batch_size):
             x = torch.from_numpy(source.get(rows[start : start + batch_size])).to(dev)
             out.append(model(x).float().cpu())
@@ -33,11 +35,13 @@ def predict(model: nn.Module, source: SplitImages, rows: np.ndarray, dev: torch.
 
 
 def predict_all(model: nn.Module, source: SplitImages, rows: np.ndarray, ctx: DistContext,
-                dev: torch.device, batch_size: int) -> torch.Tensor:
+                dev: torch.device, batch_size: int,
+                precision: Precision | None = None) -> torch.Tensor:
     """Logits of ``rows``, each rank scoring its contiguous part, gathered on every rank."""
     if not ctx.distributed:
-        return predict(model, source, rows, dev, batch_size)
-    return ctx.gather_rows(predict(model, source, rows[ctx.shard(rows.size)], dev, batch_size))
+        return predict(model, source, rows, dev, batch_size, precision)
+    return ctx.gather_rows(predict(model, source, rows[ctx.shard(rows.size)], dev, batch_size,
+                                   precision))
 
 
 def evaluate(logits: torch.Tensor, y: np.ndarray, weight: torch.Tensor,

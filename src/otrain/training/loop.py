@@ -24,7 +24,11 @@ warn-only, while training). Changing the split or network settings on resume is 
 
 Speed: training turns on ``torch.set_flush_denormal(True)`` for the process. Tiny (denormal)
 gradient values otherwise take the CPU's slow path: an epoch of the O'TRAIN network on 8,500
-32x32 cutouts took 33 s with them and 10 s without, on 2 cores.
+32x32 cutouts took 33 s with them and 10 s without, on 2 cores. The network and its batches are
+channels-last (NHWC, Keras's layout) while training: oneDNN's NCHW convolution backward pass was
+a third of a step and the largest single cost (torch.profiler, benchmarks/train_infer.py).
+``precision`` (:mod:`otrain.models.precision`): bf16/fp16 autocast of the forward pass (and the
+validation passes), fp32 weights and optimizer, the first batch checked against fp32.
 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam, at a constant learning rate or on a cosine schedule over ``epochs``
@@ -51,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -67,8 +70,10 @@ from otrain.errors import OtrainError
 from otrain.models.modelfile import load_model
 from otrain.models.networks import build_model, count_parameters
 from otrain.models.normalise import resolve_method
+from otrain.models.precision import TrainPrecision, resolve_precision
 from otrain.progress import Progress, info
 from otrain.training import ddp as distributed
+from otrain.training.checks import check_finite, loader_workers
 from otrain.training.config import TrainConfig, epoch_lr
 from otrain.training.ddp import DistContext
 from otrain.training.evaluate import evaluate, final_metrics, predict_all
@@ -113,6 +118,7 @@ class _State:
     best_loss: float = float("inf")
     bad: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    prec: TrainPrecision | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -120,19 +126,26 @@ class _State:
 # ------------------------------------------------------------------------------------------
 def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                  crit: nn.Module, dev: torch.device, threshold: float, bar: Progress,
-                 shares: list[tuple[float, float]] | None = None) -> tuple[float, int, int]:
+                 shares: list[tuple[float, float]] | None = None,
+                 prec: TrainPrecision | None = None) -> tuple[float, int, int]:
     """One pass over ``loader``; returns the sums (loss x cutouts, correct, cutouts).
 
     ``shares`` (several processes; ``crit`` then sums): per batch, the factor turning the local
     weighted loss sum into this rank's share of the global batch mean (x world size, as DDP
     averages gradients), and the factor turning that into this rank's part of loss x cutouts.
+    ``prec``: autocast of the forward pass and (loss-scaled for fp16) backward pass and step.
     """
+    prec = prec or TrainPrecision(resolve_precision("fp32"), dev)
+    cuda = dev.type == "cuda"
     model.train()
     total, loss_sum, correct = 0, 0.0, 0
     for i, (xb, yb) in enumerate(loader):
-        xb, yb = xb.to(dev), yb.to(dev)
+        xb = xb.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+        yb = yb.to(dev, non_blocking=cuda)
         opt.zero_grad(set_to_none=True)
-        logits = model(xb)
+        with prec.autocast():
+            logits = model(xb)
+        logits = logits.float()
         loss = crit(logits, yb)
         n = int(yb.shape[0])
         if shares is None:
@@ -140,8 +153,7 @@ def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimize
         else:
             loss = loss * shares[i][0]
             part = float(loss.detach()) * shares[i][1]
-        loss.backward()
-        opt.step()
+        prec.step(loss, opt)
         total += n
         loss_sum += part
         pred = (torch.softmax(logits.detach(), 1)[:, 1] > threshold).long()
@@ -231,10 +243,12 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
         ctx.agree(None)
         _run_epochs(st, root / "checkpoint.pt", config, ctx, dev, quiet)
         st.net.load_state_dict(st.best_state)
+        st.net.to(memory_format=torch.contiguous_format)  # as saved (safetensors: contiguous)
         metrics = final_metrics(st.net, st.source, st.split, st.y_all, config.threshold,
                                 st.best_epoch, len(st.history), ctx, dev, config.batch_size)
         result = write_outputs(cube, cube_path, root, model_name, st.net, st.split,
-                               asdict(config), st.history, st.best_epoch, metrics,
+                               {**asdict(config), "precision_used": st.prec.precision.record()},
+                               st.history, st.best_epoch, metrics,
                                ctx.world_size, write=ctx.is_main)
         info(f"model written to {result.model_file}", quiet)
     return result
@@ -258,6 +272,7 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
     if config.init_from and not config.resume:
         _start_from(net, config, cube)
+    net = net.to(memory_format=torch.channels_last)  # before the optimizer sees the weights
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     y_train = y_all[split.train]
     class_w = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
@@ -288,8 +303,12 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
          f"{count_parameters(net):,} parameters, on {dev}{procs}; images "
          f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
+    prec = TrainPrecision(resolve_precision(config.precision, dev), dev)
+    prec.guard(net, torch.from_numpy(source.get(split.train[:config.batch_size])),
+               (lambda d: float(ctx.broadcast([d])[0])) if ctx.distributed else None)
+    info(prec.precision.describe(), quiet)
     return _State(split, y_all, source, net, opt, class_w, 8 if h == w else 4, history, start,
-                  best_epoch, best_loss, bad, best_state)
+                  best_epoch, best_loss, bad, best_state, prec)
 
 
 def _start_from(net: nn.Module, config: TrainConfig, cube: Datacube) -> None:
@@ -303,24 +322,6 @@ def _start_from(net: nn.Module, config: TrainConfig, cube: Datacube) -> None:
     net.load_state_dict(source.model.state_dict())
 
 
-def _check_finite(value: float, what: str, epoch: int, config: TrainConfig) -> None:
-    """A NaN or infinite loss means the training diverged: stop with one line, not a model."""
-    if not np.isfinite(value):
-        raise OtrainError(f"training diverged at epoch {epoch}: the {what} is not finite (NaN "
-                          f"or inf); lower the learning rate (--lr {config.lr:g}); no model "
-                          "file was written")
-
-
-def _loader_workers(workers: int, quiet: bool) -> int:
-    """``--workers``, capped at the number of cores (more only add start-up and memory)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    if workers > cores:
-        info(f"note: --workers {workers} capped at {cores}, the number of cores", quiet)
-        return cores
-    return workers
-
-
 def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
                 dev: torch.device, quiet: bool) -> None:
     """Train epoch after epoch, validating, checkpointing and stopping early; updates ``st``."""
@@ -329,7 +330,7 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                reduction="sum" if ctx.distributed else "mean").to(dev)
     model = ctx.wrap(st.net, dev)
     loader_gen = torch.Generator().manual_seed(config.seed)
-    n_workers = _loader_workers(config.workers, quiet)
+    n_workers = loader_workers(config.workers, quiet)
     prev_det = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -352,16 +353,16 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                                         ctx.world_size)
             loader = DataLoader(EpochBatches(st.source, st.y_all, batches, codes),
                                 batch_size=None, shuffle=False, num_workers=n_workers,
-                                generator=loader_gen)
+                                generator=loader_gen, pin_memory=dev.type == "cuda")
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
                 sums = _train_epoch(model, loader, st.opt, crit, dev, config.threshold, bar,
-                                    shares)
+                                    shares, st.prec)
             loss_sum, correct, total = ctx.all_sum(sums)
-            _check_finite(loss_sum, "training loss", epoch, config)
+            check_finite(loss_sum, "training loss", epoch, config)
             val_logits = predict_all(st.net, st.source, st.split.val, ctx, dev,
-                                      config.batch_size)
-            _check_finite(float(val_logits.sum()), "validation output", epoch, config)
+                                      config.batch_size, st.prec.precision)
+            check_finite(float(val_logits.sum()), "validation output", epoch, config)
             v_loss, v_acc, v_auc = evaluate(val_logits, st.y_all[st.split.val], weight,
                                              config.threshold)
             # rank 0's numbers decide (early stopping, best epoch) on every rank

@@ -244,6 +244,7 @@ def _write_files(cube: Datacube, cube_path: str | Path, root: Path, model_name: 
             "test_frac": config["test_frac"], "group_by": config["group_by"],
             "epochs_requested": config["epochs"], "epochs_run": len(history),
             "best_epoch": best_epoch, "world_size": world_size, "config": config,
+            "precision": config.get("precision_used"),
             "metrics": {"validation": metrics["validation"], "test": metrics["test"]},
         },
     }

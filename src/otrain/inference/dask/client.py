@@ -60,6 +60,7 @@ from otrain.inference.scoring import (
 )
 from otrain.inference.tables import ID_COLUMNS, provenance, typed_for_output
 from otrain.models.modelfile import LoadedModel, load_model
+from otrain.models.precision import PRECISIONS
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import Progress
 
@@ -141,6 +142,7 @@ def iter_distributed_scores(
     retries: int = 2,
     quiet: bool = False,
     report: InferReport | None = None,
+    precision: str = "fp32",
 ) -> Iterator[Table]:
     """Score on Dask workers, yielding each chunk's rows of the scores table in input order.
 
@@ -166,6 +168,9 @@ def iter_distributed_scores(
         No progress bar (it counts completed chunks).
     report : InferReport, optional
         Filled in as chunks are used.
+    precision : str, default "fp32"
+        As :func:`otrain.inference.infer`; every worker resolves it (``auto``) and guards its
+        first batch itself; ``report.precision`` lists what they used.
 
     Yields
     ------
@@ -174,7 +179,7 @@ def iter_distributed_scores(
     """
     report = report if report is not None else InferReport()
     plan = _plan(source, loaded, channels, cutout_size, batch_size, threshold, device,
-                 chunk_size, report)
+                 chunk_size, report, precision)
     yield from _run(client, plan, strict, retries, quiet, report)
 
 
@@ -188,16 +193,19 @@ class _Plan:
 
 def _plan(source: str | Path | Sequence[str | Path], loaded: LoadedModel,
           channels: Sequence[str] | None, cutout_size: int | None, batch_size: int,
-          threshold: float | None, device: str, chunk_size: int, report: InferReport) -> _Plan:
+          threshold: float | None, device: str, chunk_size: int, report: InferReport,
+          precision: str = "fp32") -> _Plan:
     """Check the settings and the inputs against the model; split the inputs into tasks."""
     check_settings(batch_size, threshold)
+    if precision not in PRECISIONS:
+        raise OtrainError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
     chunk_size = check_chunk_size(chunk_size)
     if loaded.path is None:
         raise OtrainError("the model must come from a file (load_model) to run on Dask")
     model_path = Path(loaded.path).resolve()
     base = dict(model_path=str(model_path), model_mtime_ns=os.stat(model_path).st_mtime_ns,
                 device=device, normalisation=loaded.normalisation, threshold=threshold,
-                batch_size=batch_size)
+                batch_size=batch_size, precision=precision)
     report.threshold = loaded.threshold if threshold is None else threshold
     if isinstance(source, str | Path) and is_datacube_path(source):
         return _Plan(*_cube_tasks(Path(source), loaded, base, cutout_size, chunk_size, report),
@@ -220,6 +228,7 @@ def _run(client: Any, plan: _Plan, strict: bool, retries: int, quiet: bool,
                 retries=retries, on_done=lambda _, p: bar.update(p.n_inputs))) as parts:
         for k, part in enumerate(parts):
             skip(report, part.errors, strict)
+            _merge_precision(report, part.precision)
             if part.n_skipped is not None:  # alerts: counted by alert, not by problem line
                 report.n_skipped += part.n_skipped - len(part.errors)
                 report.n_inputs += part.n_inputs
@@ -237,6 +246,19 @@ def _run(client: Any, plan: _Plan, strict: bool, retries: int, quiet: bool,
                               f"{len(plan.chunks)} file(s), none with the stamps asked for")
         what = f"{len(plan.chunks)} alert" if alerts else str(report.n_inputs)
         raise all_failed(report, f"none of the {what} file(s)")
+
+
+def _merge_precision(report: InferReport, seen: dict[str, str] | None) -> None:
+    """Add one worker's precision record to the report's (names and notes joined)."""
+    if seen is None:
+        return
+    if report.precision is None:
+        report.precision = dict(seen)
+        return
+    for key in ("precision", "note"):
+        have = [p for p in report.precision.get(key, "").split("; ") if p]
+        if seen.get(key) and seen[key] not in have:
+            report.precision[key] = "; ".join([*have, seen[key]])
 
 
 def score_distributed(source: str | Path | Sequence[str | Path], model_path: str | Path,
@@ -296,6 +318,7 @@ def infer_distributed(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    precision: str = "fp32",
     *,
     scheduler: str = "local",
     chunk_size: int = 2000,
@@ -309,6 +332,8 @@ def infer_distributed(
     source, model_path, output, channels, cutout_size, batch_size, threshold, device, strict,
     overwrite, quiet
         As :func:`otrain.inference.infer` (``device``: the workers').
+    precision : str, default "fp32"
+        As :func:`iter_distributed_scores`.
     workers : int, default 0
         Worker processes of a local cluster (``scheduler="local"``), 0 = one per core.
     scheduler : str, default "local"
@@ -335,7 +360,7 @@ def infer_distributed(
     report = InferReport()
     loaded = load_model(model_path, "cpu")
     plan = _plan(source, loaded, channels, cutout_size, batch_size, threshold, device,
-                 chunk_size, report)
+                 chunk_size, report, precision)
     columns: list[str] = []
     with use_client(client, scheduler, workers, quiet) as cl, \
             atomic_output(out, overwrite) as tmp, open(tmp, "w", newline="") as handle:

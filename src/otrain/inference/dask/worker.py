@@ -27,7 +27,14 @@ from otrain.datacube.cube import Datacube
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 from otrain.inference.alerts import iter_alert_scores, skipped_alerts
-from otrain.inference.scoring import SOURCE_COLUMNS, Scorer, read_chunk, stack_tables, table_rows
+from otrain.inference.scoring import (
+    SOURCE_COLUMNS,
+    InferReport,
+    Scorer,
+    read_chunk,
+    stack_tables,
+    table_rows,
+)
 from otrain.models.modelfile import LoadedModel, load_model
 from otrain.models.normalise import normalise
 
@@ -49,6 +56,8 @@ class Spec:
     cube_mtime_ns: int = 0
     crop: int | None = None
     labelled: bool = False
+    #: Requested precision; each worker resolves it for its own hardware.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -63,6 +72,8 @@ class Part:
     table: Table | None
     errors: list[tuple[str, str]] = field(default_factory=list)
     n_skipped: int | None = None
+    #: What the worker's network ran in (:meth:`otrain.models.precision.Precision.record`).
+    precision: dict[str, str] | None = None
 
 
 _LOCK = threading.Lock()
@@ -86,8 +97,10 @@ def _cached_model(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
 
 def _worker_scorer(spec: Spec) -> Any:
     """The scorer (TorchScript graph) of this worker process."""
-    return _cached_model((spec.model_path, spec.model_mtime_ns, spec.device, spec.shape),
-                         lambda: Scorer(load_model(spec.model_path, spec.device), spec.shape))
+    return _cached_model((spec.model_path, spec.model_mtime_ns, spec.device, spec.shape,
+                          spec.precision),
+                         lambda: Scorer(load_model(spec.model_path, spec.device), spec.shape,
+                                        spec.precision))
 
 
 def _worker_model(spec: Spec) -> LoadedModel:
@@ -128,7 +141,7 @@ def score_files(files: Sequence[str], spec: Spec) -> Part:
         if chunk.meta:
             tables.append(table_rows(chunk.meta, chunk.paths, _score(scorer, chunk.images),
                                 [m["edge"] for m in chunk.meta], spec.threshold, None))
-    return Part(len(files), stack_tables(tables), errors)
+    return Part(len(files), stack_tables(tables), errors, precision=scorer.precision.record())
 
 
 def score_rows(bounds: tuple[int, int], spec: Spec) -> Part:
@@ -153,17 +166,18 @@ def score_rows(bounds: tuple[int, int], spec: Spec) -> Part:
                 else np.zeros(len(rows), dtype=bool))
         labels = np.asarray(sub["label"], dtype=np.int64) if spec.labelled else None
         tables.append(table_rows(meta, filenames, probs, edge, spec.threshold, labels))
-    return Part(bounds[1] - bounds[0], stack_tables(tables))
+    return Part(bounds[1] - bounds[0], stack_tables(tables), precision=scorer.precision.record())
 
 
 def score_alert_files(files: Sequence[str], spec: Spec) -> Part:
     """Worker task: decode and score alert files with the single-process alert path
     (:func:`otrain.inference.alerts.iter_alert_scores`), ``batch_size`` alerts at a time."""
     loaded = _worker_model(spec)
-    alerts = AlertReport()
+    alerts, report = AlertReport(), InferReport()
     tables: list[Table] = []
     with contextlib.suppress(OtrainError):  # raised when nothing scored: the problems say why
         tables.extend(iter_alert_scores(list(files), loaded, spec.batch_size, spec.threshold,
-                                        quiet=True, alert_report=alerts))
+                                        quiet=True, report=report, alert_report=alerts,
+                                        precision=spec.precision))
     return Part(alerts.n_alerts, stack_tables(tables), skipped_alerts(alerts),
-                n_skipped=alerts.n_alerts - alerts.n_kept)
+                n_skipped=alerts.n_alerts - alerts.n_kept, precision=report.precision)
