@@ -203,3 +203,38 @@ def error_rates_with_intervals(y_true: Sequence[int] | np.ndarray,
         out[f"{name}_low"] = float(lo) if n else None
         out[f"{name}_high"] = float(hi) if n else None
     return out
+
+
+def threshold_for_target(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
+                         target_fnr: float | None = None,
+                         target_fpr: float | None = None) -> float:
+    """The threshold meeting a target error rate on labelled rows (real when ``p > t``).
+
+    ``target_fnr``: the highest threshold whose FNR is at most the target (fewest false
+    positives), placed half-way to the next higher score, so a little score noise does not
+    cross it. ``target_fpr``: the lowest threshold whose FPR is at most the target (fewest
+    false negatives), which is a score itself (``p > t`` leaves that row out).
+
+    Raises
+    ------
+    OtrainError
+        Neither or both targets, a target outside [0, 1], or no row of the class it needs.
+    """
+    if (target_fnr is None) == (target_fpr is None):
+        raise OtrainError("give one of target FNR and target FPR")
+    target = float(target_fnr if target_fnr is not None else target_fpr)
+    if not 0.0 <= target <= 1.0:
+        raise OtrainError(f"target rate must be in [0, 1], got {target}")
+    y, p = _checked(y_true, p_real)
+    cls = 1 if target_fnr is not None else 0
+    scores = p[y == cls]
+    if scores.size == 0:
+        raise OtrainError(f"no {'real' if cls else 'bogus'} row to choose a threshold on")
+    cands = np.unique(np.concatenate([[0.0, 1.0], p]))
+    if cls == 1:  # FNR(t) = share of real rows with p <= t, non-decreasing in t
+        fnr = np.searchsorted(np.sort(scores), cands, side="right") / scores.size
+        j = int(np.flatnonzero(fnr <= target + 1e-12).max())
+        return float(cands[j] if j + 1 == cands.size else (cands[j] + cands[j + 1]) / 2)
+    # FPR(t) = share of bogus rows with p > t, non-increasing in t
+    fpr = 1.0 - np.searchsorted(np.sort(scores), cands, side="right") / scores.size
+    return float(cands[int(np.flatnonzero(fpr <= target + 1e-12).min())])
