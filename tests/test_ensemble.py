@@ -318,3 +318,19 @@ def test_evaluation_commands_take_an_ensemble(ensemble, tmp_path: Path) -> None:
     assert res.heatmaps.shape == (6, 16, 16) and res.heatmaps.max() <= 1.0
     run = run_grad_cam(test_cube, model, tmp_path / "cam", n_random=1, quiet=True)
     assert run.files
+
+
+def test_ensemble_resumes_member_by_member(cube: Path, tmp_path: Path) -> None:
+    cfg = {"seed": 1, "ensemble": 2, **FAST}
+    full = train(cube, tmp_path, "full", TrainConfig(epochs=2, **cfg), quiet=True)
+    train(cube, tmp_path, "res", TrainConfig(epochs=1, **cfg), quiet=True)
+    res = train(cube, tmp_path, "res", TrainConfig(epochs=2, resume=True, **cfg), quiet=True)
+    assert [(r["member"], r["epoch"]) for r in res.history] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    a, b = load_model(full.model_file), load_model(res.model_file)
+    for ma, mb in zip(a.members, b.members, strict=True):
+        assert all(torch.equal(v, mb.state_dict()[k]) for k, v in ma.state_dict().items())
+    assert a.temperature == b.temperature
+    # an ensemble's checkpoints also stop a fresh run without --overwrite
+    res.model_file.unlink()
+    with pytest.raises(OtrainError, match="checkpoint"):
+        train(cube, tmp_path, "res", TrainConfig(epochs=1, seed=1, **FAST), quiet=True)
