@@ -57,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reading processes; 0 = one per core (default: 0)")
     add_device(parser, "where to run the network; auto = a GPU if any (default: auto)")
     add_precision(parser, "the network")
+    parser.add_argument("--mc-samples", type=int, default=0, metavar="K",
+                        help="MC-dropout: K passes per network with dropout on, adding "
+                             "p_real_std (their spread) after label1 and scoring their mean; "
+                             "with an ensemble file the members x K passes are pooled. A crude "
+                             "uncertainty proxy (see README). Not with --scheduler. Default: 0 "
+                             "(ensemble files still get p_real_std: the members' spread)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the MC-dropout masks (default: 0)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -70,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from otrain.inference.core import infer, is_datacube_path
     from otrain.inference.dask.client import dask_infer
 
+    if args.mc_samples < 0:
+        raise OtrainError(f"--mc-samples must be >= 0, got {args.mc_samples}")
     threshold = resolve_threshold(args.threshold, args.model)
     source = args.cutouts[0] if len(args.cutouts) == 1 else args.cutouts
     if len(args.cutouts) > 1 and any(is_datacube_path(p) for p in args.cutouts):
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
                    strict=args.strict, overwrite=args.overwrite, quiet=args.quiet,
-                   precision=args.precision)
+                   precision=args.precision, mc_samples=args.mc_samples, seed=args.seed)
     if not args.quiet:
         print(result.report.summary())
     return 0

@@ -30,7 +30,7 @@ from otrain.errors import OtrainError
 from otrain.evaluation.prevalence import prevalence_outputs
 from otrain.evaluation.scores import Scores, score
 from otrain.evaluation.thresholds import FNR_TARGETS, confusion_counts, optimal_thresholds, rates
-from otrain.metrics import binary_metrics
+from otrain.metrics import binary_metrics, expected_calibration_error, wilson_interval
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import info
 
@@ -47,16 +47,6 @@ PLOT_FILES: dict[str, str] = {
 #: Magnitude placeholders of old catalogues, never a real value.
 SENTINELS = (99.0, -99.0)
 _QUANTITY = {"mag": "magnitude", "magerr": "magnitude error"}
-
-
-def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, ...]:
-    """Wilson score interval of a binomial proportion ``k / n`` (NaN where ``n == 0``)."""
-    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre = (k + z * z / 2) / (n + z * z)
-        half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
-    lo, hi = np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
-    return np.clip(lo, 0, 1), np.clip(hi, 0, 1)
 
 
 def _legend(ax: Any, **kwargs: Any) -> None:
@@ -256,8 +246,10 @@ def binned_figure(values: np.ndarray | None, y: np.ndarray, p: np.ndarray, thres
     return fig, note
 
 
-def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure:
-    """Calibration curve (fraction of real against mean score per bin) and the score histogram."""
+def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10,
+                       p_before: np.ndarray | None = None) -> Figure:
+    """Calibration curve (fraction of real against mean score per bin) and the score histogram;
+    with ``p_before`` (the scores without the model's temperature) both curves."""
     prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     bins = np.linspace(0.0, 1.0, n_bins + 1)
     ids = np.searchsorted(bins[1:-1], p)  # the binning of calibration_curve
@@ -270,7 +262,13 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure
     yerr = np.maximum(0.0, [prob_true - lo, hi - prob_true])  # rounding can give -1e-17
     top.errorbar(prob_pred, prob_true, yerr=yerr, fmt="o-",
                  color="k", capsize=3, lw=1.4,
-                 label=f"model (Brier score = {brier_score_loss(y, p):.4f})")
+                 label=f"model (ECE = {expected_calibration_error(y, p):.4f}, Brier = "
+                       f"{brier_score_loss(y, p):.4f})")
+    if p_before is not None:
+        t_before, p_pred = calibration_curve(y, p_before, n_bins=n_bins, strategy="uniform")
+        top.plot(p_pred, t_before, "s:", color="tab:orange", lw=1.2,
+                 label=f"before calibration (ECE = {expected_calibration_error(y, p_before):.4f},"
+                       f" Brier = {brier_score_loss(y, p_before):.4f})")
     top.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="fraction of true real in bin",
             title=f"reliability diagram ({n_bins} equal-width bins, Wilson 95% bars)")
     top.grid(alpha=0.3)
@@ -324,7 +322,7 @@ def build_figures(scores: Scores, threshold: float = 0.5, n_bins: int = 6,
         notes.append(f"{key}: {note}")
         if fig is not None:
             figs[key] = fig
-    figs["reliability"] = reliability_figure(y, p)
+    figs["reliability"] = reliability_figure(y, p, p_before=scores.p_uncalibrated)
     if np.unique(y).size == 2:  # at --prevalence (default: the cube's own share)
         figs["reliability_prevalence"], note = prevalence_outputs(y, p, threshold, prevalence)
         notes.append(note)

@@ -26,7 +26,7 @@ from astropy.table import Table
 from otrain.alerts import AlertReport, iter_alert_batches
 from otrain.errors import OtrainError
 from otrain.inference.scoring import InferReport, Scorer
-from otrain.models.modelfile import LoadedModel, predict_proba
+from otrain.models.modelfile import LoadedModel, predict_with_spread
 from otrain.models.normalise import normalise
 from otrain.progress import Progress
 
@@ -89,6 +89,8 @@ def iter_alert_scores(
     report: InferReport | None = None,
     alert_report: AlertReport | None = None,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
     """Yield the scores of alert batches as tables (see the module documentation).
 
@@ -109,9 +111,12 @@ def iter_alert_scores(
     report, alert_report : optional
         Filled in while scoring.
     precision : str, default "fp32"
-        fp32 scores with the eager network (:func:`otrain.models.modelfile.predict_proba`);
+        fp32 scores with the eager networks (:func:`otrain.models.modelfile.predict_with_spread`);
         ``auto``/``bf16``/``fp16`` with :class:`otrain.inference.scoring.Scorer` in that
-        precision (:mod:`otrain.models.precision`).
+        precision (:mod:`otrain.models.precision`; MC-dropout passes always run in fp32).
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member and their seed; with them or an ensemble the table
+        has ``p_real_std``.
 
     Yields
     ------
@@ -126,19 +131,26 @@ def iter_alert_scores(
     start = time.perf_counter()
     batches = iter_alert_batches(paths, channels, h, batch_size, strict, alert_report)
     scorer = None
-    if precision != "fp32":
+    if precision != "fp32" and not mc_samples:
         scorer = Scorer(loaded, (len(channels), *loaded.input_size), precision)
         report.precision = scorer.precision.record()
+    n_batches = 0
     with Progress(None, "scoring alerts", quiet=quiet, unit="alert") as bar:
         for images, columns in batches:
             if scorer is None:
-                p_real = predict_proba(loaded, images, batch_size=min(batch_size, 512))
+                p_real, p_std = predict_with_spread(loaded, images, min(batch_size, 512),
+                                                    mc_samples, seed + n_batches)
             else:
-                p_real = scorer(normalise(images, loaded.normalisation))[:, 1]
+                probs = scorer(normalise(images, loaded.normalisation))
+                p_real = probs[:, 1]
+                p_std = probs[:, 2] if scorer.spread else np.zeros_like(p_real)
                 report.precision = scorer.precision.record()
+            n_batches += 1
             rows = {name: np.asarray(columns[name]) for name in ALERT_COLUMNS if name in columns}
             rows["label0"] = 1.0 - p_real
             rows["label1"] = p_real
+            if loaded.is_ensemble or mc_samples:
+                rows["p_real_std"] = p_std
             if threshold is not None:
                 rows["class"] = (p_real > threshold).astype(np.int64)
             table = Table(rows)

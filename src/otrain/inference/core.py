@@ -12,7 +12,9 @@ true) are scored and flagged in ``edge``; the original O'TRAIN dropped them sile
 
 Scores table (:data:`TABLE_COLUMNS`, the original ``infer_results.dat`` layout first)::
 
-    filename RA Dec originalFile Xpos Ypos mag magerr FWHM FWHMPSF cand_ID label0 label1 edge
+    filename RA Dec originalFile Xpos Ypos mag magerr FWHM FWHMPSF cand_ID label0 label1
+    [p_real_std]  (spread of the members' / MC-dropout passes' P(real): ensembles, --mc-samples)
+    edge
     [class]  (1 real / 0 bogus: label1 > threshold, only when a threshold is given)
     [label]  (the true label, for a labelled datacube)
 
@@ -79,6 +81,8 @@ def score_cutouts(
     quiet: bool = False,
     keywords: dict[str, str] | None = None,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -90,7 +94,7 @@ def score_cutouts(
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
                                         batch_size, workers, threshold, strict, quiet, report,
-                                        keywords, precision))
+                                        keywords, precision, mc_samples, seed))
     return InferResult(table, report)
 
 
@@ -102,6 +106,8 @@ def score_alerts(
     strict: bool = False,
     quiet: bool = False,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score alert packets; the parameters are those of
     :func:`otrain.inference.alerts.iter_alert_scores`.
@@ -113,7 +119,8 @@ def score_alerts(
     """
     report = InferReport()
     table = _collect(iter_alert_scores(paths, loaded, batch_size, threshold, strict, quiet,
-                                       report, precision=precision))
+                                       report, precision=precision, mc_samples=mc_samples,
+                                       seed=seed))
     return InferResult(table, report)
 
 
@@ -125,6 +132,8 @@ def score_datacube(
     threshold: float | None = None,
     quiet: bool = False,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score every row of a datacube.
 
@@ -144,6 +153,8 @@ def score_datacube(
         No progress output.
     precision : str, default "fp32"
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`).
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member and their seed (adds ``p_real_std``).
 
     Returns
     -------
@@ -153,12 +164,12 @@ def score_datacube(
     if not isinstance(cube, Datacube):
         with open_datacube(cube) as opened:
             return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet,
-                                  precision)
+                                  precision, mc_samples, seed)
     if len(cube) == 0:
         raise OtrainError("datacube holds no cutouts", cube.path)
     report = InferReport()
     table = _collect(iter_datacube_scores(cube, loaded, cutout_size, batch_size, threshold,
-                                          quiet, report, precision))
+                                          quiet, report, precision, mc_samples, seed))
     return InferResult(table, report)
 
 
@@ -235,6 +246,8 @@ def infer(
     quiet: bool = False,
     keywords: dict[str, str] | None = None,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -258,6 +271,12 @@ def infer(
     precision : str, default "fp32"
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`; ``otrain-infer``
         defaults to ``auto``); the choice is in ``report.precision``.
+    mc_samples : int, default 0
+        MC-dropout passes per ensemble member (0: none); adds ``p_real_std`` (an ensemble file
+        has it anyway: the members' spread, or with MC-dropout the spread of all
+        members x passes).
+    seed : int, default 0
+        Seed of the MC-dropout masks.
 
     Returns
     -------
@@ -272,12 +291,13 @@ def infer(
         raise OtrainError("no such folder or file", source)
     if isinstance(source, str | Path) and is_datacube_path(source):
         result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet,
-                                precision)
+                                precision, mc_samples, seed)
     elif is_alert_source(source):
-        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet, precision)
+        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet, precision,
+                              mc_samples, seed)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet, keywords, precision)
+                               threshold, strict, quiet, keywords, precision, mc_samples, seed)
     if result.report.n_scored and result.report.n_nonfinite == result.report.n_scored:
         raise OtrainError(f"gives no finite score (NaN or inf for all {result.report.n_scored} "
                           "cutouts): the model or the inputs are broken; nothing written",

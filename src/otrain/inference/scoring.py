@@ -19,6 +19,7 @@ from astropy.table import Table
 from otrain.cutouts.keywords import format_notes
 from otrain.cutouts.reading import EXTENSION_NAMES, read_cutout
 from otrain.errors import CutoutError, OtrainError
+from otrain.models.ensemble import combine, normalised_member_probabilities
 from otrain.models.modelfile import LoadedModel
 from otrain.models.normalise import normalise
 from otrain.models.precision import (
@@ -32,10 +33,11 @@ __all__ = ["FORWARD_CHUNK", "ORIGINAL_COLUMNS", "SOURCE_COLUMNS", "TABLE_COLUMNS
            "InferReport", "Scorer", "account", "all_failed", "check_settings", "model_channels",
            "read_chunk", "skip", "stack_tables", "table_rows"]
 
-#: Output columns of the original ``otrain-infer``, in order; ``edge``/``class``/``label`` follow.
+#: Output columns of the original ``otrain-infer``, in order; ``p_real_std`` (ensembles and
+#: MC-dropout only), ``edge``, ``class``, ``label`` follow.
 ORIGINAL_COLUMNS = ("filename", "RA", "Dec", "originalFile", "Xpos", "Ypos", "mag", "magerr",
                     "FWHM", "FWHMPSF", "cand_ID", "label0", "label1")
-TABLE_COLUMNS = (*ORIGINAL_COLUMNS, "edge", "class", "label")
+TABLE_COLUMNS = (*ORIGINAL_COLUMNS, "p_real_std", "edge", "class", "label")
 #: Output column -> cutout metadata / datacube table column.
 SOURCE_COLUMNS = {"RA": "ra", "Dec": "dec", "originalFile": "file", "Xpos": "xpos", "Ypos": "ypos",
            "mag": "mag", "magerr": "magerr", "FWHM": "fwhm", "FWHMPSF": "fwhmpsf",
@@ -146,36 +148,59 @@ def read_chunk(paths: Sequence[str], channels: tuple[str, ...], cutout_size: int
 
 
 class Scorer:
-    """The model's network in eval mode, as probabilities ``(N, 2)``: P(bogus), P(real).
+    """The model's networks in eval mode, as probabilities: P(bogus), P(real)[, p_real_std].
 
-    On CPU the network is traced, frozen and optimised for inference (oneDNN convolutions with
-    fused in-place ReLU, about 1.5x faster than eager channels-last) and checked against the eager
-    network on a probe batch. TorchScript is deprecated in recent torch: on any failure or
-    difference, or on GPU, the eager network is used (channels-last on CPU).
+    On CPU each member's network is traced, frozen and optimised for inference (oneDNN
+    convolutions with fused in-place ReLU, about 1.5x faster than eager channels-last) and
+    checked against the eager network on a probe batch. TorchScript is deprecated in recent
+    torch: on any failure or difference, or on GPU, the eager network is used (channels-last on
+    CPU). With MC-dropout (``mc_samples > 0``) the eager networks run with dropout on.
 
-    ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 run a low-precision copy
-    (channels-last, logits layer in fp32) instead; the first batch is scored in fp32 too and a
-    difference above :data:`~otrain.models.precision.INFER_TOLERANCE` falls back to fp32
-    (``self.precision`` then carries the note).
+    Scores follow :mod:`otrain.models.ensemble` (one prediction path): each member's logits are
+    divided by the model's temperature, the members' (and MC passes') P(real) are averaged.
+    :attr:`spread` is True for an ensemble or with MC-dropout: the output then has a third
+    column, ``p_real_std``.
+
+    ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 run a low-precision copy of each
+    member (channels-last, logits layer in fp32) instead; the first batch is scored in fp32 too
+    and a difference above :data:`~otrain.models.precision.INFER_TOLERANCE` falls back to fp32
+    (``self.precision`` then carries the note). MC-dropout passes always run in fp32.
     """
 
     def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int],
-                 precision: str | Precision = "fp32") -> None:
+                 precision: str | Precision = "fp32", mc_samples: int = 0,
+                 seed: int = 0) -> None:
+        if mc_samples < 0:
+            raise OtrainError(f"MC-dropout samples must be >= 0, got {mc_samples}")
         self.device = loaded.device
-        model = copy.deepcopy(loaded.model).eval()
+        self.temperature = loaded.temperature
+        self.mc_samples, self.seed = int(mc_samples), int(seed)
+        self.spread = len(loaded.members) > 1 or self.mc_samples > 0
         self.precision = (precision if isinstance(precision, Precision)
                           else resolve_precision(precision, self.device))
+        if self.mc_samples and self.precision.dtype is not None:
+            self.precision.fall_back("MC-dropout passes run in fp32")
+        self._batches = 0
         self.channels_last = self.device.type == "cpu"
-        self.model: Any = model.to(memory_format=torch.channels_last) if self.channels_last \
-            else model
-        low = None
-        if self.precision.dtype is not None:  # fp32 (eager) only for the first-batch guard
-            low = low_precision_scorer(model, self.precision, self.device)
-        elif self.device.type == "cpu":
-            self._freeze(model, shape)
-        self.forward = GuardedForward(self._fp32, low, self.precision)
+        self.members: list[Any] = []
+        self._guards: dict[int, GuardedForward] = {}
+        for member in loaded.members:
+            net = copy.deepcopy(member).eval()
+            graph, last = self._build(net, shape)
+            low = (low_precision_scorer(net, self.precision, self.device)
+                   if self.precision.dtype is not None else None)
+            self.members.append(graph)
+            self._guards[id(graph)] = GuardedForward(self._fp32(graph, last), low,
+                                                     self.precision)
+        # kept for callers that used the single network (and its guard)
+        self.model = self.members[0]
+        self.forward = self._guards[id(self.model)]
 
-    def _freeze(self, model: torch.nn.Module, shape: tuple[int, int, int]) -> None:
+    def _build(self, model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[Any, bool]:
+        """The fastest exact fp32 form of one network and whether it wants channels-last."""
+        eager = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        if self.device.type != "cpu" or self.mc_samples or self.precision.dtype is not None:
+            return eager, self.channels_last  # the low-precision copy does the fast work
         try:
             probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
             with warnings.catch_warnings(), torch.no_grad():
@@ -185,35 +210,49 @@ class Scorer:
                 traced = torch.jit.trace(model, probe[:1], check_trace=False)
                 fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
                 if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
-                    self.model, self.channels_last = fast, False
+                    return fast, False
         except Exception:  # any TorchScript failure: keep the eager network
             pass
+        return eager, self.channels_last
 
-    def _fp32(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+    @staticmethod
+    def _fp32(graph: Any, channels_last: bool) -> Any:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return graph(x)
+        return run
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``.
+        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``; ``(N, 3)`` with
+        ``p_real_std`` as the third column when :attr:`spread`.
 
         Every forward pass has the same shape (a short last pass is padded with zeros to
         :data:`FORWARD_CHUNK` rows): oneDNN picks its kernels, and so its summation order, by
         batch size, so without the padding a cutout's score would depend in its last bits on
         how the inputs happened to be batched (worker count, chunk size, Dask partitions).
+        With MC-dropout the masks are drawn per call in order (reproducible for the same
+        inputs, batching and seed).
         """
         n = images.shape[0]
-        out = np.empty((n, 2), dtype=np.float64)
+
+        def forward(model: Any, x: torch.Tensor) -> torch.Tensor:
+            k = x.shape[0]
+            if k < FORWARD_CHUNK:
+                x = torch.cat([x, x.new_zeros((FORWARD_CHUNK - k, *x.shape[1:]))])
+            return self._guards[id(model)](x, k)[:k].double()
+
         with torch.inference_mode():
-            for s in range(0, n, FORWARD_CHUNK):
-                batch = np.ascontiguousarray(images[s:s + FORWARD_CHUNK])
-                k = batch.shape[0]
-                if k < FORWARD_CHUNK:
-                    batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
-                                                            dtype=batch.dtype)])
-                x = torch.from_numpy(batch).to(self.device)
-                logits = self.forward(x, k)[:k].double()
-                out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
+            p = normalised_member_probabilities(
+                self.members, images, self.temperature, self.device, FORWARD_CHUNK,
+                self.mc_samples, self.seed, forward=forward, first_batch=self._batches)
+        self._batches += -(-n // FORWARD_CHUNK)
+        mean, std = combine(p)
+        out = np.empty((n, 3 if self.spread else 2), dtype=np.float64)
+        out[:, 1] = mean
+        out[:, 0] = 1.0 - mean
+        if self.spread:
+            out[:, 2] = std
         return out
 
 
@@ -239,6 +278,8 @@ def table_rows(meta: Sequence[dict[str, Any]], filenames: Sequence[str], probs: 
         else:
             cols[out] = np.asarray([m.get(src, np.nan) for m in meta], dtype=np.float64)
     cols["label0"], cols["label1"] = probs[:, 0], probs[:, 1]
+    if probs.shape[1] > 2:  # an ensemble or MC-dropout: the spread of the members / passes
+        cols["p_real_std"] = probs[:, 2]
     cols["edge"] = np.asarray(edge, dtype=bool)
     if threshold is not None:
         cols["class"] = (probs[:, 1] > threshold).astype(np.int8)

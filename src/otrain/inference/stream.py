@@ -105,6 +105,8 @@ def iter_cutout_scores(
     report: InferReport | None = None,
     keywords: dict[str, str] | None = None,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
     """Score cutout files batch by batch, yielding one scores table per batch (streaming).
 
@@ -134,6 +136,9 @@ def iter_cutout_scores(
         The user's header names (:func:`otrain.cutouts.keywords.parse_keyword_map`).
     precision : str, default "fp32"
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`otrain.models.precision`).
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member (0: none) and their seed; with them, or with an ensemble,
+        the table has ``p_real_std`` (:class:`~otrain.inference.scoring.Scorer`).
 
     Yields
     ------
@@ -174,7 +179,7 @@ def iter_cutout_scores(
     tasks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     n_workers = min(n_workers, len(tasks))
     per_batch = max(1, batch_size // chunk)
-    scorer = Scorer(loaded, (len(chans), h, w), precision)
+    scorer = Scorer(loaded, (len(chans), h, w), precision, mc_samples, seed)
     report.precision = scorer.precision.record()
     start = time.monotonic()
     with _torch_threads(n_threads), Progress(len(files), "scoring cutouts", quiet,
@@ -211,8 +216,11 @@ def iter_datacube_scores(
     quiet: bool = False,
     report: InferReport | None = None,
     precision: str = "fp32",
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
-    """Score the rows of a datacube batch by batch (streaming); see :func:`score_datacube`."""
+    """Score the rows of a datacube batch by batch (streaming); see :func:`score_datacube`
+    (``mc_samples``, ``seed``: as :func:`iter_cutout_scores`)."""
     report = report if report is not None else InferReport()
     check_settings(batch_size, threshold)
     report.source = str(cube.path) if cube.path else "datacube"
@@ -230,7 +238,8 @@ def iter_datacube_scores(
     labels = cube.labels
     labelled = bool(np.any(labels >= 0))
     names = [n for n in (*SOURCE_COLUMNS.values(), "source_file") if n in tab.colnames]
-    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))), precision)
+    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))), precision, mc_samples,
+                    seed)
     start = time.monotonic()
     with _torch_threads(_cpu_count()), Progress(len(cube), "scoring datacube", quiet,
                                                  unit="cutout") as bar:
