@@ -76,15 +76,16 @@ def test_hooks_give_the_textbook_grad_cam(trained: Path) -> None:
     for i in range(4):
         inp = torch.from_numpy(normalise(x[i : i + 1], "zscore"))
         h = model.drop1(model.pool1(a(model.conv2(a(model.conv1(inp))))))
-        z = model.last_conv(a(model.conv3(h)))
+        z = a(model.last_conv(a(model.conv3(h))))  # the rectified maps A, as in the paper
         z.retain_grad()
         out = model.out(model.drop3(a(model.fc1(model.flatten(model.drop2(model.pool2(a(z))))))))
         cls = int(torch.softmax(out, 1)[0, 1] > 0.5)
-        out[0, cls].backward()
+        (out[0, cls] - out[0, 1 - cls]).backward()  # the log-odds of the explained class
         cam = torch.relu((z.grad.mean(dim=(2, 3), keepdim=True) * z).sum(1, keepdim=True))
         cam = torch.nn.functional.interpolate(cam, size=(SIZE, SIZE), mode="bilinear")[0, 0]
         expected = (cam / cam.max()).detach().numpy() if cam.max() > 0 else np.zeros_like(cam)
-        np.testing.assert_allclose(grad_cam(loaded, x[i : i + 1])[0], expected, atol=1e-5)
+        np.testing.assert_allclose(grad_cam(loaded, x[i : i + 1], mode="gradcam")[0], expected,
+                                   atol=1e-5)
 
 
 def test_flat_heatmap_is_zeros_not_nan() -> None:

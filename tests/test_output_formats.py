@@ -92,8 +92,11 @@ def test_every_format_round_trips_through_pandas(scored: dict) -> None:
 def test_confident_scores_are_written_without_denormals(scored: dict) -> None:
     root = scored["root"]
     model = _model(root / "confident.safetensors", bogus_bias=720.0)
+    # As in a fresh otrain-infer process (the default mode): training (otrain.training.loop)
+    # turns on the process-wide flush-denormal mode, as an earlier test of this worker may have.
+    torch.set_flush_denormal(False)
     raw = infer(scored["cube"], model, root / "confident.csv", quiet=True).table["label1"]
-    assert np.any((np.asarray(raw) > 0) & (np.asarray(raw) < 1e-300))  # where they came from
+    assert np.any((np.asarray(raw) > 0) & (np.asarray(raw) < 1e-300))  # where they come from
     for out in (root / "confident.csv", root / "confident.parquet"):
         if out.suffix == ".parquet":
             infer(scored["cube"], model, out, quiet=True)

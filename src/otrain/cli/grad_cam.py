@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of randomly chosen correctly classified cutouts per class; "
                              "all misclassified cutouts are drawn (default: 30)")
     add_threshold(parser)
+    parser.add_argument("--method", choices=("hirescam", "gradcam", "occlusion"),
+                        default="hirescam",
+                        help="hirescam (default: gradient times activation, pixel by pixel), "
+                             "gradcam (the classic, averaged gradient), or occlusion: the drop "
+                             "of the explained class's probability under a sliding patch, a "
+                             "model-agnostic check; either way deletion_test.png says whether "
+                             "the maps point at pixels the network needs")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random choice of cutouts (default: 0)")
     add_device(parser, "where to run the network; auto = a GPU if any (default: auto)")
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_grad_cam(args.cube, args.model, args.cam_path, n_random=args.n_random,
                           threshold=resolve_threshold(args.threshold, args.model),
                           seed=args.seed, overwrite=args.overwrite,
-                          device=args.device, quiet=args.quiet)
+                          device=args.device, quiet=args.quiet, method=args.method)
     if not args.quiet:
         print(f"Saved to {result.folder}")
     return 0

@@ -71,30 +71,57 @@ class CutoutWriter:
         self.title = self.fig.text(0.5, 0.985, "", ha="center", va="top", fontsize=9)
 
     def write(self, path: Path, image: np.ndarray, title: str, overwrite: bool) -> Path:
-        """Draw ``image`` (2-D) with ``title`` and save it to ``path`` atomically."""
-        shown = np.where(np.isfinite(image), image, np.nan)
+        """Draw ``image`` (2-D, or ``(C, H, W)``: every channel side by side, each zscaled) with
+        ``title`` and save it to ``path`` atomically."""
+        if image.ndim == 3 and image.shape[0] > 1:
+            shown, clim = _tile(image), (0.0, 1.0)
+        else:
+            image = image[0] if image.ndim == 3 else image
+            shown, clim = np.where(np.isfinite(image), image, np.nan), zscale_limits(image)
+        self.fig.set_size_inches(max(3.2, 0.1 + 3.0 * shown.shape[1] / shown.shape[0]), 3.7)
         self.im.set_data(shown)
-        self.im.set_extent((-0.5, image.shape[1] - 0.5, -0.5, image.shape[0] - 0.5))
-        self.im.set_clim(*zscale_limits(image))
+        self.im.set_extent((-0.5, shown.shape[1] - 0.5, -0.5, shown.shape[0] - 0.5))
+        self.im.set_clim(*clim)
         self.title.set_text(title)
         with atomic_output(path, overwrite) as tmp:
             self.fig.savefig(tmp, format="png", dpi=100)
         return path
 
 
-def contact_sheet(images: np.ndarray, labels: list[str], title: str, ncols: int = 10) -> Figure:
-    """A grid of cutouts (channel 0, zscale, origin lower), each with a short label.
+def wrap_id(text: str, width: int = 12) -> str:
+    """A candidate id cut into balanced lines of at most ``width`` characters, never shortened
+    (19-digit ZTF candids differ only in their last digits)."""
+    text = str(text)
+    size = -(-len(text) // max(1, -(-len(text) // width))) if text else 1
+    return "\n".join(text[i:i + size] for i in range(0, len(text), size)) or "?"
+
+
+def _tile(image: np.ndarray) -> np.ndarray:
+    """The channels of ``(C, H, W)`` side by side, each scaled by its own zscale to [0, 1]."""
+    planes = []
+    for plane in image if image.ndim == 3 else image[None]:
+        lo, hi = zscale_limits(plane)
+        planes.append(np.clip((np.asarray(plane, np.float64) - lo) / max(hi - lo, 1e-12), 0, 1))
+        planes.append(np.full((plane.shape[0], 1), np.nan))  # a thin gap between channels
+    return np.hstack(planes[:-1])
+
+
+def contact_sheet(images: np.ndarray, labels: list[str], title: str, ncols: int = 10,
+                  channels: list[str] | None = None) -> Figure:
+    """A grid of cutouts (every channel side by side, each zscaled, origin lower), with labels.
 
     Parameters
     ----------
     images : numpy.ndarray
-        ``(n, H, W)``; may be empty (the sheet then says so).
+        ``(n, H, W)`` or ``(n, C, H, W)``; may be empty (the sheet then says so).
     labels : list of str
-        One short label per image.
+        One label per image (may hold line breaks: see :func:`wrap_id`).
     title : str
         Sheet title.
     ncols : int, default 10
-        Most panels per row.
+        Most tiles per row (fewer for several channels).
+    channels : list of str, optional
+        Channel names, shown in the title when there are several.
 
     Returns
     -------
@@ -102,9 +129,15 @@ def contact_sheet(images: np.ndarray, labels: list[str], title: str, ncols: int 
         The sheet (not saved).
     """
     n = len(images)
+    c = images.shape[1] if images.ndim == 4 else 1
+    ncols = max(1, ncols // c)
     cols = max(1, min(ncols, n))
     rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(max(4.5, 1.45 * cols), 1.75 * rows + 0.5), layout="constrained")
+    lines = max((lab.count("\n") + 1 for lab in labels), default=2)
+    if channels and c > 1:
+        title += f"\neach tile: {' | '.join(channels)}"
+    fig = Figure(figsize=(max(4.5, 1.45 * cols * c), (1.45 + 0.13 * lines) * rows + 0.6),
+                 layout="constrained")
     fig.suptitle(title, fontsize=10)
     if n == 0:
         fig.text(0.5, 0.45, "none at this threshold", ha="center", va="center", fontsize=12)
@@ -116,24 +149,24 @@ def contact_sheet(images: np.ndarray, labels: list[str], title: str, ncols: int 
         if k >= n:
             ax.set_axis_off()
             continue
-        lo, hi = zscale_limits(images[k])
-        ax.imshow(images[k], cmap="gray", origin="lower", interpolation="nearest",
-                  vmin=lo, vmax=hi)
-        ax.set_title(labels[k], fontsize=7)
+        ax.imshow(_tile(images[k]), cmap="gray", origin="lower", interpolation="nearest",
+                  vmin=0, vmax=1)
+        ax.set_title(labels[k], fontsize=6.5, family="monospace")
     return fig
 
 
 def outcome_sheet(cube: Datacube, scores: Scores, picks: np.ndarray, outcome: str,
                   threshold: float, total: int) -> Figure:
-    """Contact sheet of the cutouts ``picks`` (positions into ``scores``) of one outcome."""
+    """Contact sheet of the cutouts ``picks`` (positions into ``scores``) of one outcome: whole
+    candidate ids (wrapped) and every channel."""
     shown = picks[:MAX_SHEET_PANELS]
-    images = cube.read(scores.rows[shown])[:, 0] if shown.size else np.empty((0, 1, 1))
+    images = cube.read(scores.rows[shown]) if shown.size else np.empty((0, 1, 1, 1))
     cands = scores.candids
-    labels = [f"{cands[i][:16]}\nP={scores.p_real[i]:.3f}" for i in shown]
+    labels = [f"{wrap_id(cands[i])}\nP={scores.p_real[i]:.3f}" for i in shown]
     order = "most confident first" if outcome in ("FP", "FN") else "random sample, by score"
     title = (f"{outcome}: {OUTCOMES[outcome][2]} (real when P(real) > {threshold:g}); "
              f"{shown.size} of {total} shown, {order}")
-    return contact_sheet(images, labels, title)
+    return contact_sheet(images, labels, title, channels=list(cube.channels))
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,7 +220,7 @@ def export_cutouts(cube: Datacube, scores: Scores, picks: dict[str, np.ndarray],
                     m = float(mag[i]) if mag is not None else float("nan")
                     e = float(magerr[i]) if magerr is not None else float("nan")
                     path = folders[outcome] / f"{name}.png"
-                    writer.write(path, image[0], caption(cands[i], m, e, float(scores.p_real[i]),
+                    writer.write(path, image, caption(cands[i], m, e, float(scores.p_real[i]),
                                                          outcome), overwrite)
                     index[outcome].append({
                         "candid": str(cands[i]), "row": int(scores.rows[i]),

@@ -1,34 +1,41 @@
-"""Grad-CAM: where in a cutout the network looks when it decides real or bogus.
+"""Grad-CAM / HiResCAM: where in a cutout the network looks when it decides real or bogus.
 
-Method (Selvaraju et al. 2017) on the network's last convolution, found by its module name
-(``last_conv`` in every otrain network, see :mod:`otrain.models`), with hooks, so it works for any
-registered architecture:
+Method (Selvaraju et al. 2017) on a convolution found by its module name, with hooks:
 
-1. forward the normalised cutouts (the model file's normalisation) and keep the output ``A`` of
-   the target convolution (``K`` feature maps of ``h x w``, before the ReLU that follows it);
-2. take the gradient of the **logit** (pre-softmax score) of the target class with respect to
-   ``A`` -- the paper's choice; the original O'TRAIN differentiated the softmax probability, which
-   saturates for confident predictions and then gives near-zero, noisy gradients;
-3. weights ``alpha_k`` = spatial mean of the gradient; heatmap = ReLU(sum_k alpha_k A_k);
-4. upsample bilinearly to the cutout size (``torch.nn.functional.interpolate``) and divide by the
-   maximum, so it lies in ``[0, 1]``; a heatmap that is zero everywhere (no positive evidence)
-   stays zeros, never NaN.
+1. forward the normalised cutouts and keep the **rectified** maps ``A = ReLU(conv(x))`` of the
+   target convolution (the hook returns ``ReLU(A)``; the network's own ReLU next changes
+   nothing). Until issue 15 the maps were taken before that ReLU;
+2. take the gradient, with respect to ``A``, of the **log-odds** of the target class,
+   ``z_target - z_other`` (P(real) is the softmax of that difference alone);
+3. heatmap = ReLU(sum_k alpha_k A_k). Grad-CAM's ``alpha_k`` is the spatial mean of the
+   gradient; but the otrain networks end in flatten + dense layers, whose weights differ at
+   every position, and on the demo model the Grad-CAM maps sit on the background and fail the
+   deletion test (``benchmarks/gradcam_check.py``). The default is HiResCAM (Draelos & Carin
+   2020): ``alpha_k`` is the gradient itself, pixel by pixel, faithful for such heads
+   (``mode="gradcam"`` keeps the classic). The target layer is the network's ``cam_layer``
+   (``conv3`` in the O'TRAIN CNN, whose last convolution works at 1/4 of the resolution), else
+   ``last_conv``;
+4. upsample bilinearly onto the pixels the maps cover (``h * s`` for a stride ``s``: pooling
+   floors odd sizes, so a 63-pixel cutout's 15-cell map covers 60 pixels, not 63) and divide by
+   the maximum, so it lies in ``[0, 1]``; a heatmap that is zero everywhere (no positive
+   evidence) stays zeros, never NaN, and the figure says so.
 
-The target class is the predicted one at ``threshold`` (real when P(real) > threshold, P(real)
-being the model's calibrated score, :func:`otrain.models.modelfile.predict_proba`), so for a
-false positive the map shows what made the network say "real". For an ensemble file the map is
-the mean of the members' maps (each explaining the class the ensemble predicts), rescaled to a
-peak of 1.
+Every run checks its maps with the deletion test of :mod:`otrain.evaluation.explain` (masking
+the top 10 % of a map must lower the explained class's probability more than a random 10 %), and
+``method="occlusion"`` gives the model-agnostic occlusion map instead.
 
-:func:`write_overlays` draws, for each cutout, every channel (e.g. diff, sci, ref side by side)
-in gray with ZScale limits and the heatmap over it (``jet``, alpha 0.5) and a colour bar, into
-``<cam_path>/{true_positive,true_negative,false_positive,false_negative}/``.
+The target class is the predicted one at ``threshold`` (real when P(real) > threshold), so for a
+false positive the map shows what made the network say "real" (P(real) being the model's
+calibrated score; for an ensemble file the map is the mean of the members' maps, each explaining
+the class the ensemble predicts, rescaled to a peak of 1). :func:`draw_overlay` draws every
+channel in gray (ZScale) with the map over it into ``<cam_path>/<outcome>/``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -36,95 +43,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from astropy.visualization import ZScaleInterval
 from matplotlib.figure import Figure
-from torch import nn
 
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
+from otrain.evaluation.cam_maps import (  # noqa: F401 (_upsample: tests)
+    TARGET_LAYER,
+    GradCamResult,
+    _member_cam,
+    _upsample,
+)
+from otrain.evaluation.explain import (
+    DeletionResult,
+    deletion_figure,
+    deletion_test,
+    merge_deletions,
+    occlusion_maps,
+)
 from otrain.models.modelfile import LoadedModel, load_model, predict_proba
-from otrain.models.normalise import normalise
 from otrain.outputs import atomic_output, check_writable, write_text_atomic
 from otrain.progress import Progress, info
 
 #: Output sub-folders, one per outcome.
 CATEGORIES = ("true_positive", "true_negative", "false_positive", "false_negative")
 #: Module name of the target convolution in otrain networks.
-TARGET_LAYER = "last_conv"
 INDEX_NAME = "grad_cam_index.csv"
-
-
-@dataclass
-class GradCamResult:
-    """Heatmaps and the scores they explain."""
-
-    #: ``(N, H, W)`` float32 in ``[0, 1]``.
-    heatmaps: np.ndarray
-    #: P(real) per cutout.
-    p_real: np.ndarray
-    #: Class whose logit was differentiated (1 real, 0 bogus).
-    target: np.ndarray
-
-
-def _target_layer(model: nn.Module, layer: str) -> nn.Module:
-    try:
-        module = model.get_submodule(layer)
-    except AttributeError:
-        raise OtrainError(f"the network has no layer '{layer}' for Grad-CAM") from None
-    if not isinstance(module, nn.Conv2d):
-        raise OtrainError(f"layer '{layer}' is a {type(module).__name__}, not a convolution")
-    return module
-
-
-def _member_cam(loaded: LoadedModel, model: nn.Module, images: np.ndarray, threshold: float,
-                target: np.ndarray, layer: str, batch_size: int) -> GradCamResult:
-    """Grad-CAM of one network for the given target classes (checked images)."""
-    conv = _target_layer(model, layer)
-    n, _, h, w = images.shape
-    heat = np.zeros((n, h, w), np.float32)
-    p_real = np.zeros(n, np.float64)
-    targets = np.zeros(n, np.int64)
-    if target is not None:
-        targets[:] = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,))
-    kept: list[torch.Tensor] = []
-    handle = conv.register_forward_hook(lambda _m, _i, out: kept.append(out))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            x = torch.from_numpy(normalise(images[start:stop], loaded.normalisation))
-            x = x.to(loaded.device).requires_grad_(True)
-            kept.clear()
-            with torch.enable_grad():
-                logits = model(x).float()
-                prob = torch.softmax(logits.detach(), 1)[:, 1].cpu().numpy()
-                if target is None:
-                    targets[start:stop] = prob > threshold
-                idx = torch.from_numpy(targets[start:stop]).to(logits.device)
-                score = logits.gather(1, idx[:, None]).sum()
-                (grads,) = torch.autograd.grad(score, kept[0])
-            acts = kept[0].detach()
-            alpha = grads.mean(dim=(2, 3), keepdim=True)
-            cam = torch.relu((alpha * acts).sum(dim=1, keepdim=True))
-            cam = nn.functional.interpolate(cam, size=(h, w), mode="bilinear",
-                                            align_corners=False)[:, 0]
-            peak = cam.amax(dim=(1, 2), keepdim=True)
-            cam = torch.where(peak > 0, cam / peak.clamp_min(1e-30), torch.zeros_like(cam))
-            heat[start:stop] = torch.nan_to_num(cam, nan=0.0).cpu().numpy()
-            p_real[start:stop] = prob
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return GradCamResult(heat, p_real, targets)
-
-
+DELETION_JSON = "deletion_test.json"
+DELETION_PNG = "deletion_test.png"
+#: ``--method`` choices and the name shown on the figures.
+METHODS = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
 
 
 def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float | None = None,
                      target: int | Sequence[int] | np.ndarray | None = None,
-                     layer: str = TARGET_LAYER, batch_size: int = 256) -> GradCamResult:
+                     layer: str | None = None, batch_size: int = 256,
+                     mode: str = "hirescam") -> GradCamResult:
     """Grad-CAM heatmaps, with P(real) and the class explained.
 
     Parameters
@@ -137,10 +91,14 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
         P(real) above which the predicted class is real (default: the model's threshold).
     target : int or sequence of int, optional
         Class to explain per cutout (default: the predicted class).
-    layer : str, default "last_conv"
-        Module name of the convolution whose maps are used.
+    layer : str, optional
+        Module name of the convolution whose maps are used (default: the network's
+        ``cam_layer`` attribute, else ``last_conv``).
     batch_size : int, default 256
         Cutouts per pass.
+    mode : {"hirescam", "gradcam"}, default "hirescam"
+        ``gradcam`` weighs each map by its spatially averaged gradient; ``hirescam`` multiplies
+        maps and gradients pixel by pixel (see the module documentation).
 
     Returns
     -------
@@ -157,8 +115,8 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
     p_real = predict_proba(loaded, images, batch_size)
     targets = ((p_real > threshold).astype(np.int64) if target is None else
                np.broadcast_to(np.asarray(target, dtype=np.int64), (images.shape[0],)).copy())
-    maps = [_member_cam(loaded, net, images, threshold, targets, layer, batch_size).heatmaps
-            for net in loaded.members]
+    maps = [_member_cam(loaded, net, images, threshold, targets, layer, batch_size,
+                        mode).heatmaps for net in loaded.members]
     heat = np.mean(maps, axis=0).astype(np.float32)
     if len(maps) > 1:  # the members' mean map, scaled back to a peak of 1
         peak = heat.max(axis=(1, 2), keepdims=True)
@@ -167,12 +125,13 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
 
 
 def grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float | None = None,
-             layer: str = TARGET_LAYER) -> np.ndarray:
+             layer: str | None = None, mode: str = "hirescam") -> np.ndarray:
     """Grad-CAM heatmaps ``(N, H, W)`` in ``[0, 1]`` for the predicted class of each cutout.
 
     See :func:`compute_grad_cam` for the parameters and the module documentation for the method.
     """
-    return compute_grad_cam(loaded, images, threshold=threshold, layer=layer).heatmaps
+    return compute_grad_cam(loaded, images, threshold=threshold, layer=layer,
+                            mode=mode).heatmaps
 
 
 # ------------------------------------------------------------------------------------------
@@ -206,8 +165,11 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def draw_overlay(image: np.ndarray, heatmap: np.ndarray, channels: Sequence[str], title: str,
-                 path: Path, overwrite: bool = False, alpha: float = 0.5) -> Path:
-    """One PNG: each channel in gray (ZScale) with the heatmap over it, and a colour bar."""
+                 path: Path, overwrite: bool = False, alpha: float = 0.5,
+                 label: str = "Grad-CAM") -> Path:
+    """One PNG: each channel in gray (ZScale) with the heatmap over it, and a colour bar; an
+    empty map (zero everywhere) is not drawn and the figure says so."""
+    empty = not np.any(heatmap > 0)
     c = image.shape[0]
     fig = Figure(figsize=(3.2 * c + 1.2, 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, c, squeeze=False)[0])
@@ -223,6 +185,10 @@ def draw_overlay(image: np.ndarray, heatmap: np.ndarray, channels: Sequence[str]
             vmin, vmax = float(plane.min()), float(plane.max())
         ax.imshow(plane, cmap="gray", origin="lower", vmin=vmin, vmax=vmax,
                   interpolation="nearest")
+        if empty:
+            ax.text(0.5, 0.5, f"empty {label} map:\nno positive evidence", color="red",
+                    ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            continue
         mappable = ax.imshow(heatmap, cmap="jet", alpha=alpha, origin="lower", vmin=0.0,
                              vmax=1.0, interpolation="bilinear")
         ax.set_title(name, fontsize=9)
@@ -230,8 +196,9 @@ def draw_overlay(image: np.ndarray, heatmap: np.ndarray, channels: Sequence[str]
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("y (pixel)", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02)
-    bar.set_label("Grad-CAM (normalised)", fontsize=8)
+    if mappable is not None:
+        bar = fig.colorbar(mappable, ax=list(axes), shrink=0.9, pad=0.02)
+        bar.set_label(f"{label} (normalised)", fontsize=8)
     with atomic_output(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     return path
@@ -245,11 +212,13 @@ class GradCamRun:
     counts: dict[str, int]
     files: list[Path]
     index: Path
+    deletion: dict | None = None
 
 
 def run_grad_cam(cube_path: str | Path, model_path: str | Path, cam_path: str | Path = "grad_cam",
                  n_random: int = 30, threshold: float = 0.5, seed: int = 0,
-                 overwrite: bool = False, device: str = "cpu", quiet: bool = False) -> GradCamRun:
+                 overwrite: bool = False, device: str = "cpu", quiet: bool = False,
+                 method: str = "hirescam") -> GradCamRun:
     """Score a labelled cube, pick TP/TN/FP/FN cutouts and write their Grad-CAM overlays.
 
     Parameters
@@ -272,11 +241,16 @@ def run_grad_cam(cube_path: str | Path, model_path: str | Path, cam_path: str | 
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     quiet : bool, default False
         Print nothing.
+    method : {"hirescam", "gradcam", "occlusion"}, default "hirescam"
+        The map drawn; either way the deletion test of :mod:`otrain.evaluation.explain` is run
+        on the drawn cutouts (``deletion_test.json`` and ``deletion_test.png``).
 
     Returns
     -------
     GradCamRun
     """
+    if method not in METHODS:
+        raise OtrainError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if n_random < 0:
         raise OtrainError(f"--n_random must be >= 0, got {n_random}")
     if not 0.0 <= threshold <= 1.0:
@@ -307,7 +281,9 @@ def run_grad_cam(cube_path: str | Path, model_path: str | Path, cam_path: str | 
                 for name in CATEGORIES for row in chosen[name]]
         for _, _, path in plan:
             check_writable(path, overwrite)
-        check_writable(folder / INDEX_NAME, overwrite)
+        for name in (INDEX_NAME, DELETION_JSON, DELETION_PNG):
+            check_writable(folder / name, overwrite)
+        deletions: dict[str, list[DeletionResult]] = {name: [] for name in CATEGORIES}
         files: list[Path] = []
         index_rows = []
         with Progress(len(plan), "Grad-CAM overlays", quiet, unit="cutouts") as bar:
@@ -315,14 +291,24 @@ def run_grad_cam(cube_path: str | Path, model_path: str | Path, cam_path: str | 
                 part = plan[start : start + 64]
                 rows = np.array([row for _, row, _ in part], dtype=np.int64)
                 images = cube.read(rows)
-                res = compute_grad_cam(loaded, images, threshold=threshold)
+                res = compute_grad_cam(loaded, images, threshold=threshold,
+                                       mode="gradcam" if method == "gradcam" else "hirescam")
+                if method == "occlusion":
+                    res.heatmaps = occlusion_maps(loaded, images, res.target)
+                names = np.array([name for name, _, _ in part])
+                for name in CATEGORIES:
+                    sel = names == name
+                    if sel.any():
+                        deletions[name].append(deletion_test(loaded, images[sel],
+                                                             res.heatmaps[sel],
+                                                             res.target[sel], seed))
                 for k, (name, row, path) in enumerate(part):
                     title = (f"{name.replace('_', ' ')} | cand: {candids[row]} | "
                              f"P(real) = {res.p_real[k]:.3f}\nmag = {_fmt(mags[row], '.2f')} "
                              f"+/- {_fmt(errs[row], '.2f')} | label {labels[row]} | "
                              f"explained class: {'real' if res.target[k] else 'bogus'}")
                     files.append(draw_overlay(images[k], res.heatmaps[k], cube.channels, title,
-                                              path, overwrite))
+                                              path, overwrite, label=METHODS[method]))
                     index_rows.append([name, row, candids[row], int(labels[row]),
                                        f"{res.p_real[k]:.6f}", _fmt(mags[row], ".4f"),
                                        str(path.relative_to(folder))])
@@ -333,6 +319,20 @@ def run_grad_cam(cube_path: str | Path, model_path: str | Path, cam_path: str | 
     writer.writerows(index_rows)
     index = write_text_atomic(folder / INDEX_NAME, buf.getvalue(), overwrite)
     counts = {name: int(chosen[name].size) for name in CATEGORIES}
+    merged = {name: merge_deletions(parts) for name, parts in deletions.items() if parts}
+    deletion = {"method": method, "all": merge_deletions(list(merged.values())).summary(),
+                **{name: r.summary() for name, r in merged.items()}}
+    write_text_atomic(folder / DELETION_JSON, json.dumps(deletion, indent=2) + "\n", overwrite)
+    with atomic_output(folder / DELETION_PNG, overwrite) as tmp:
+        deletion_figure(merged, METHODS[method]).savefig(tmp, format="png", dpi=90)
+    d = deletion["all"]
+    if d["passed"] is not None:
+        info(f"deletion test {'passed' if d['passed'] else 'FAILED'}: masking the top 10% of the "
+             f"maps lowers P(explained class) by {d['mean_drop_top']:.3f} on average, a random "
+             f"10% by {d['mean_drop_random']:.3f} ({d['n']} cutouts; {d['n_empty_maps']} empty "
+             "maps left out)", quiet)
+    else:
+        info(f"deletion test not run: every map is empty ({d['n_empty_maps']})", quiet)
     info("Grad-CAM overlays: " + ", ".join(f"{k.replace('_', ' ')} {v}"
                                             for k, v in counts.items()), quiet)
-    return GradCamRun(folder, counts, files, index)
+    return GradCamRun(folder, counts, files, index, deletion)

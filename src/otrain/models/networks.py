@@ -49,6 +49,9 @@ class OTrainCNN(nn.Module):
         Rate of the three dropout layers.
     """
 
+    #: Grad-CAM target (otrain.evaluation.gradcam): last_conv works at 1/4 of the resolution.
+    cam_layer = "conv3"
+
     def __init__(self, in_channels: int, size: tuple[int, int], dropout: float) -> None:
         super().__init__()
         h, w = size
