@@ -204,3 +204,16 @@ def test_cli_convert_on_full_disk(tiny_disk: Path, tmp_path: Path) -> None:
     assert_clean_error(proc, str(tiny_disk / "datacube" / "c.h5"), "no space left on device")
     assert time.monotonic() - start < 60
     assert list((tiny_disk / "datacube").iterdir()) == []
+
+
+def test_torch_checkpoint_on_full_disk(tiny_disk: Path) -> None:
+    """torch.save on a full disk raised 'inline_container.cc ... unexpected pos': one line now."""
+    import shutil
+
+    from otrain.training.outputs import save_checkpoint
+
+    (tiny_disk / "fill").write_bytes(b"\0" * (shutil.disk_usage(tiny_disk).free - 40_000))
+    with pytest.raises(OtrainError, match="no space left on device") as info:
+        save_checkpoint(tiny_disk / "checkpoint.pt", {"w": torch.zeros(100_000)})
+    assert info.value.path == str(tiny_disk / "checkpoint.pt")
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["fill"]
