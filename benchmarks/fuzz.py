@@ -77,7 +77,7 @@ def fits_seeds(rng: np.random.Generator) -> dict[str, bytes]:
     out["fits_mef"] = buf.getvalue()
     buf = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(header=header),
-                  fits.CompImageHDU(image, compression_type="RICE_1")]).writeto(buf)
+                  fits.CompImageHDU(image, name="DIFF", compression_type="RICE_1")]).writeto(buf)
     out["fits_tile"] = buf.getvalue()
     buf = io.BytesIO()
     fits.PrimaryHDU(rng.integers(0, 30000, (16, 16)).astype(np.int16)).writeto(buf)
