@@ -146,7 +146,8 @@ def test_temporary_files_hidden_ignored_and_cleaned(tmp_path: Path) -> None:
                  true / f".t_009.fits{TMP_TAG}q.fits"]
     for p in leftovers:
         p.write_bytes((true / "t_000.fits").read_bytes())
-    assert [p.name for p in find_cutouts(true)] == ["t_000.fits", "t_001.fits"]
+    (true / "x.particle.fits").write_bytes((true / "t_000.fits").read_bytes())  # an ordinary name
+    assert [p.name for p in find_cutouts(true)] == ["t_000.fits", "t_001.fits", "x.particle.fits"]
     check_writable(true / "t_009.fits", overwrite=False)
     release_lock(true / "t_009.fits")
     check_writable(true / "cube.h5", overwrite=False)

@@ -53,12 +53,13 @@ def _umask() -> int:
 
 
 def is_temporary(path: str | Path) -> bool:
-    """True for a hidden file, an otrain temporary or lock file, or a ``.part`` file.
+    """True for a hidden file (otrain's temporary and lock files, and the ``.part`` files of
+    earlier versions, are all hidden) or a name holding otrain's temporary marker.
 
     Readers of cutout folders skip these, so what an interrupted run leaves is never read as data.
     """
     name = Path(path).name
-    return name.startswith(".") or TMP_TAG in name or name.endswith(LOCK_TAG) or ".part" in name
+    return name.startswith(".") or TMP_TAG in name or name.endswith(LOCK_TAG)
 
 
 def write_error(exc: BaseException, path: str | Path) -> OtrainError:
