@@ -105,6 +105,21 @@ def test_npz_crc_damage(tmp_path: Path) -> None:
     assert exc.value.path == str(path)
 
 
+def test_npz_unknown_compression(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz.py: zipfile's NotImplementedError escaped."""
+    path = _npz(tmp_path / "c.npz", cube=np.ones((4, 8, 8, 1), np.float32),
+                labels=np.array([0, 1, 0, 1]))
+    raw = bytearray(path.read_bytes())
+    for magic, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = 0
+        while (start := raw.find(magic, start)) >= 0:
+            raw[start + offset:start + offset + 2] = (99).to_bytes(2, "little")
+            start += 4
+    path.write_bytes(bytes(raw))
+    with pytest.raises(OtrainError, match="NotImplementedError"):
+        open_datacube(path)
+
+
 @pytest.mark.parametrize(("labels", "message"), [
     (np.array(["a", "b", "a", "b"], dtype=object), "damaged or unsupported"),
     (np.array(["real", "bogus", "real", "bogus"]), "must be numbers"),

@@ -146,7 +146,8 @@ def test_temporary_files_hidden_ignored_and_cleaned(tmp_path: Path) -> None:
                  true / f".t_009.fits{TMP_TAG}q.fits"]
     for p in leftovers:
         p.write_bytes((true / "t_000.fits").read_bytes())
-    assert [p.name for p in find_cutouts(true)] == ["t_000.fits", "t_001.fits"]
+    (true / "x.particle.fits").write_bytes((true / "t_000.fits").read_bytes())  # an ordinary name
+    assert [p.name for p in find_cutouts(true)] == ["t_000.fits", "t_001.fits", "x.particle.fits"]
     check_writable(true / "t_009.fits", overwrite=False)
     release_lock(true / "t_009.fits")
     check_writable(true / "cube.h5", overwrite=False)
@@ -204,3 +205,16 @@ def test_cli_convert_on_full_disk(tiny_disk: Path, tmp_path: Path) -> None:
     assert_clean_error(proc, str(tiny_disk / "datacube" / "c.h5"), "no space left on device")
     assert time.monotonic() - start < 60
     assert list((tiny_disk / "datacube").iterdir()) == []
+
+
+def test_torch_checkpoint_on_full_disk(tiny_disk: Path) -> None:
+    """torch.save on a full disk raised 'inline_container.cc ... unexpected pos': one line now."""
+    import shutil
+
+    from otrain.training.outputs import save_checkpoint
+
+    (tiny_disk / "fill").write_bytes(b"\0" * (shutil.disk_usage(tiny_disk).free - 40_000))
+    with pytest.raises(OtrainError, match="no space left on device") as info:
+        save_checkpoint(tiny_disk / "checkpoint.pt", {"w": torch.zeros(100_000)})
+    assert info.value.path == str(tiny_disk / "checkpoint.pt")
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["fill"]

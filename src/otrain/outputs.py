@@ -26,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,9 @@ TMP_TAG = ".otrain-tmp-"
 LOCK_TAG = ".otrain-lock"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+#: What torch (``inline_container.cc``) and HDF5 say when a write fails.
+_WRITE_FAILED = ("unexpected pos", "file write failed", "No space left", "errno = 28",
+                 "PytorchStreamWriter failed")
 #: destination (absolute) -> (lock fd, lock path, owner pid)
 _HELD: dict[str, tuple[int, Path, int]] = {}
 
@@ -49,12 +53,13 @@ def _umask() -> int:
 
 
 def is_temporary(path: str | Path) -> bool:
-    """True for a hidden file, an otrain temporary or lock file, or a ``.part`` file.
+    """True for a hidden file (otrain's temporary and lock files, and the ``.part`` files of
+    earlier versions, are all hidden) or a name holding otrain's temporary marker.
 
     Readers of cutout folders skip these, so what an interrupted run leaves is never read as data.
     """
     name = Path(path).name
-    return name.startswith(".") or TMP_TAG in name or name.endswith(LOCK_TAG) or ".part" in name
+    return name.startswith(".") or TMP_TAG in name or name.endswith(LOCK_TAG)
 
 
 def write_error(exc: BaseException, path: str | Path) -> OtrainError:
@@ -74,7 +79,8 @@ def write_error(exc: BaseException, path: str | Path) -> OtrainError:
     """
     code = getattr(exc, "errno", None)
     text = str(exc)
-    if code in _NO_SPACE or "No space left" in text or "errno = 28" in text:
+    if code in _NO_SPACE or "No space left" in text or "errno = 28" in text or (
+            "unexpected pos" in text and _disk_nearly_full(path)):
         reason = "no space left on device"
     elif code in _NO_PERMISSION:
         reason = f"permission denied ({os.strerror(code)})" if code else "permission denied"
@@ -82,6 +88,13 @@ def write_error(exc: BaseException, path: str | Path) -> OtrainError:
         first = text.splitlines()[0] if text else type(exc).__name__
         reason = getattr(exc, "strerror", None) or first
     return OtrainError(f"could not be written: {reason}; an existing file is left unchanged", path)
+
+
+def _disk_nearly_full(path: str | Path) -> bool:
+    try:
+        return shutil.disk_usage(Path(path).parent).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def _check_folder(path: Path) -> None:
@@ -270,6 +283,10 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         except OSError as exc:
             if exc.filename not in (None, str(tmp_path), str(path), tmp, tmp_path, path):
                 raise OtrainError(exc.strerror or str(exc), exc.filename) from None
+            raise write_error(exc, path) from None
+        except RuntimeError as exc:  # torch / h5py wrap a failed write in a RuntimeError
+            if not any(mark in str(exc) for mark in _WRITE_FAILED):
+                raise
             raise write_error(exc, path) from None
     finally:
         with contextlib.suppress(OSError):

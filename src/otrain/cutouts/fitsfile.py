@@ -93,7 +93,12 @@ def parse_hdus(raw: bytes) -> list[ImageHDU]:
     try:
         return _walk(raw)
     except _Unsupported:
+        pass
+    try:  # extensions astropy handles (tile compression, tables): any failure is one error
         return _walk_astropy(raw)
+    except Exception as exc:
+        raise FitsFormatError(f"unreadable FITS ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:120]})") from None
 
 
 class _Unsupported(Exception):

@@ -81,7 +81,7 @@ def open_datacube(path: str | Path) -> Datacube:
     except OtrainError:
         handle.close()
         raise
-    except (KeyError, ValueError, TypeError, OSError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
         handle.close()
         raise OtrainError(f"damaged datacube ({exc.__class__.__name__}: {exc})", path) from None
     except Exception:

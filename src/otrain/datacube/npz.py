@@ -50,7 +50,7 @@ def load_npz(path: str | Path) -> Datacube:
     except OtrainError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
-            TypeError) as exc:  # a damaged member (bad CRC, cut off) or object arrays
+            TypeError, NotImplementedError) as exc:  # damaged, object arrays, unknown zip method
         raise OtrainError(f"damaged or unsupported .npz ({exc.__class__.__name__}: "
                           f"{str(exc)[:80]})", path) from None
     channels = ["diff"] if images.shape[1] == 1 else [f"ch{i}" for i in range(images.shape[1])]
