@@ -3,12 +3,14 @@ normalisations recorded in a model, and the model file (safetensors tensors + JS
 it runs no code), and original O'TRAIN Keras ``.h5`` models read without TensorFlow.
 """
 
+from otrain.models.ensemble import fit_temperature, member_probabilities
 from otrain.models.keras_convert import import_keras
 from otrain.models.keras_import import is_keras_file, read_keras
 from otrain.models.modelfile import (
     LoadedModel,
     load_model,
     predict_proba,
+    predict_with_spread,
     read_metadata,
     resolve_device,
     save_model,
@@ -37,11 +39,14 @@ __all__ = [
     "build_model",
     "count_flops",
     "count_parameters",
+    "fit_temperature",
     "import_keras",
     "is_keras_file",
     "load_model",
+    "member_probabilities",
     "normalise",
     "predict_proba",
+    "predict_with_spread",
     "read_keras",
     "read_metadata",
     "register_architecture",
