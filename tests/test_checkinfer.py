@@ -184,3 +184,17 @@ def test_cli_runs_and_reports_bad_input(inputs: tuple[Path, Path], tmp_path: Pat
                    "--infer", str(bad), "--overwrite")
     assert proc.returncode == 2
     assert_clean_error(proc, "missing column 'FWHMPSF'", str(bad))
+
+
+def test_scores_table_with_p_real_std_is_read(tmp_path: Path) -> None:
+    """An ensemble's scores table (p_real_std after label1) checks as the plain one."""
+    cross = write_crossmatch(tmp_path / "sim")
+    plain = check_inference(cross, write_infer(tmp_path / "a"), tmp_path / "pa", quiet=True)
+    path = write_infer(tmp_path / "b")
+    table = Table.read(path, format="ascii.commented_header")
+    table.add_column(np.full(len(table), 0.01), name="p_real_std",
+                     index=table.colnames.index("label1") + 1)
+    table.write(path, format="ascii.commented_header", overwrite=True)
+    res = check_inference(cross, path, tmp_path / "pb", quiet=True)
+    assert res.summary["counts"] == plain.summary["counts"]
+    assert res.summary["recovery"] == plain.summary["recovery"]

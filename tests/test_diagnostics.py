@@ -162,7 +162,7 @@ def test_titles_and_one_model_pass(setup: dict, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     titles: dict[str, str] = {}
     seen = []
-    original_write, original_predict = gallery.CutoutWriter.write, scores_mod.predict_proba
+    original_write, original_predict = gallery.CutoutWriter.write, scores_mod.member_logits
 
     def write(self: gallery.CutoutWriter, path: Path, image: np.ndarray, title: str,
               overwrite: bool) -> Path:
@@ -174,7 +174,7 @@ def test_titles_and_one_model_pass(setup: dict, tmp_path: Path,
         return original_predict(loaded, images, batch_size)
 
     monkeypatch.setattr(gallery.CutoutWriter, "write", write)
-    monkeypatch.setattr(scores_mod, "predict_proba", predict)
+    monkeypatch.setattr(scores_mod, "member_logits", predict)  # the one network pass
     res = diag.run_diagnostics(setup["cube"], setup["model"], tmp_path / "o",
                                threshold=setup["threshold"], n_examples=4, seed=1,
                                batch_size=16, quiet=True)

@@ -237,3 +237,20 @@ def test_cli_alerts_on_local_cluster(tmp_path, ztf_dir):
     assert "scored 30" in proc.stdout
     table = ascii.read(out, format="csv")
     assert len(table) == 30 and table.colnames[:2] == ["candid", "objectId"]
+
+
+def test_ensemble_same_table_as_one_process(client, folder, tmp_path, one_thread):
+    """An ensemble file with a temperature: the Dask workers score it as one process does
+    (p_real_std included); MC-dropout is refused on Dask with a clear message."""
+    torch.manual_seed(3)
+    nets = [build_model("otrain", 1, SIZE, 0.3) for _ in range(3)]
+    model = save_model(tmp_path / "ens.safetensors", nets,
+                       {"normalisation": "zscore", "channels": ["diff"], "temperature": 1.6})
+    ref = infer(folder, model, tmp_path / "one.dat", workers=1, quiet=True)
+    assert "p_real_std" in ref.table.colnames
+    out = tmp_path / "dask.dat"
+    infer_distributed(folder, model, out, chunk_size=6, client=client, quiet=True)
+    assert out.read_bytes() == (tmp_path / "one.dat").read_bytes()
+    with pytest.raises(OtrainError, match="mc-samples is not available with --scheduler"):
+        infer_distributed(folder, model, tmp_path / "mc.dat", client=client, quiet=True,
+                          mc_samples=2)

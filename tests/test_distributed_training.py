@@ -129,3 +129,21 @@ def test_torchrun_runs_the_module(cube: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("Saved to") == 1 and "2 processes (gloo)" in proc.stdout
     meta = load_model(tmp_path / "CNN_training" / "tr" / "tr.safetensors").meta
     assert meta["training"]["world_size"] == 2
+
+
+def test_ensemble_members_train_one_after_another_with_ddp(cube: Path, tmp_path: Path) -> None:
+    cfg = {"seed": 5, "dropout": 0.0, "ensemble": 2, "epochs": 1, **BASE}
+    one = train(cube, tmp_path, "e1", TrainConfig(**cfg), quiet=True)
+    two = train(cube, tmp_path, "e2", TrainConfig(nproc=2, **cfg), quiet=True)
+    a, b = load_model(one.model_file), load_model(two.model_file)
+    assert len(b.members) == 2 and b.meta["training"]["world_size"] == 2
+    assert [m["seed"] for m in b.meta["ensemble"]["members"]] == [5, 6]
+    for ma, mb in zip(a.meta["ensemble"]["members"], b.meta["ensemble"]["members"],
+                      strict=True):  # same member splits on every rank
+        assert ma["split_sizes"] == mb["split_sizes"]
+        assert mb["validation_auc"] == pytest.approx(ma["validation_auc"], abs=0.05)
+    for ma, mb in zip(a.members, b.members, strict=True):
+        wa, wb = ma.state_dict(), mb.state_dict()
+        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.02
+    assert b.temperature == pytest.approx(a.temperature, rel=0.05)
+    assert [r["member"] for r in two.history] == [0, 1]

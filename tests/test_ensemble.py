@@ -279,3 +279,58 @@ def test_cli_train_ensemble_and_infer(cube: Path, tmp_path: Path,
                                "--output", str(tmp_path / "d.csv"), "--mc-samples", "-1"),
                        "mc-samples")
     assert math.isfinite(load_model(one).temperature)
+
+
+# ------------------------------------------------------------------------------------------
+# every consumer takes an ensemble file
+# ------------------------------------------------------------------------------------------
+def test_evaluation_commands_take_an_ensemble(ensemble, tmp_path: Path) -> None:
+    from otrain.evaluation.diagnostics import format_diagnostics, run_diagnostics
+    from otrain.evaluation.gradcam import compute_grad_cam, run_grad_cam
+    from otrain.evaluation.plots import plot_results
+    from otrain.evaluation.report import build_report
+
+    model, test_cube = ensemble.model_file, ensemble.test_cube
+    diag = run_diagnostics(test_cube, model, tmp_path / "diag", threshold=0.5, n_examples=2,
+                           quiet=True)
+    cal = diag.summary["calibration"]
+    assert cal["before"] is not None and cal["n_members"] == 2
+    assert cal["threshold_choice"]["method"] == "target_fnr"
+    assert json.loads(diag.json_path.read_text())["calibration"]["after"]["ece"] >= 0
+    text = format_diagnostics(diag.summary)
+    assert "ECE" in text and "Wilson 95%" in text and "ensemble of 2" in text
+    # same numbers as the training run measured on the test rows
+    metrics = json.loads((ensemble.folder / "metrics.json").read_text())
+    assert cal["after"]["ece"] == pytest.approx(metrics["calibration"]["test"]["after"]["ece"],
+                                                abs=1e-6)
+    plot_results(test_cube, model, tmp_path / "plots", quiet=True)
+    assert (tmp_path / "plots").is_dir() and any((tmp_path / "plots").glob("*.png"))
+    html = build_report(model_dir=ensemble.folder, output=tmp_path / "r.html",
+                        quiet=True).read_text()
+    for fragment in ("Calibration and operating point", "ECE before", "95% low",
+                     "chosen at training on the validation rows", "Ensemble of 2 networks"):
+        assert fragment in html, fragment
+    loaded = load_model(model)
+    with open_datacube(test_cube) as c:
+        images = c.read(np.arange(6))
+    res = compute_grad_cam(loaded, images)
+    assert np.allclose(res.p_real, predict_proba(loaded, images))
+    assert res.heatmaps.shape == (6, 16, 16) and res.heatmaps.max() <= 1.0
+    run = run_grad_cam(test_cube, model, tmp_path / "cam", n_random=1, quiet=True)
+    assert run.files
+
+
+def test_ensemble_resumes_member_by_member(cube: Path, tmp_path: Path) -> None:
+    cfg = {"seed": 1, "ensemble": 2, **FAST}
+    full = train(cube, tmp_path, "full", TrainConfig(epochs=2, **cfg), quiet=True)
+    train(cube, tmp_path, "res", TrainConfig(epochs=1, **cfg), quiet=True)
+    res = train(cube, tmp_path, "res", TrainConfig(epochs=2, resume=True, **cfg), quiet=True)
+    assert [(r["member"], r["epoch"]) for r in res.history] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    a, b = load_model(full.model_file), load_model(res.model_file)
+    for ma, mb in zip(a.members, b.members, strict=True):
+        assert all(torch.equal(v, mb.state_dict()[k]) for k, v in ma.state_dict().items())
+    assert a.temperature == b.temperature
+    # an ensemble's checkpoints also stop a fresh run without --overwrite
+    res.model_file.unlink()
+    with pytest.raises(OtrainError, match="checkpoint"):
+        train(cube, tmp_path, "res", TrainConfig(epochs=1, seed=1, **FAST), quiet=True)

@@ -4,6 +4,7 @@ curve and the HTML report. The metrics themselves live below the stages that use
 :mod:`otrain.metrics`.
 """
 
+from otrain.evaluation.calibration import calibration_summary
 from otrain.evaluation.checkinfer import check_inference
 from otrain.evaluation.diagnostics import DiagnosticsResult, diagnose, run_diagnostics
 from otrain.evaluation.gradcam import compute_grad_cam, run_grad_cam
@@ -23,6 +24,7 @@ __all__ = [
     "LearningCurveResult",
     "Scores",
     "build_report",
+    "calibration_summary",
     "check_inference",
     "compute_grad_cam",
     "diagnose",

@@ -2,7 +2,9 @@
 
 One model pass (:mod:`otrain.evaluation.scores`), then, under ``<dest>/``::
 
-    diagnostics.json        metrics at the threshold, optimal thresholds, the exported cutouts
+    diagnostics.json        metrics at the threshold, optimal thresholds, calibration (ECE / Brier,
+                            before and after the model's temperature), FNR / FPR with Wilson
+                            95% intervals, the exported cutouts
     <subset>/misclassified/images_FP/<candid>.png       every false positive (bogus called real)
     <subset>/misclassified/images_FN/<candid>.png       every false negative (real called bogus)
     <subset>/well_classified/images_TP/<candid>.png     a seeded sample of true positives
@@ -27,6 +29,7 @@ import numpy as np
 from otrain.datacube.cube import Datacube
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
+from otrain.evaluation.calibration import calibration_summary, format_calibration
 from otrain.evaluation.gallery import (
     JSON_NAME,
     check_outputs,
@@ -153,6 +156,7 @@ def diagnose(cube: Datacube, scores: Scores, dest: str | Path, threshold: float 
         "model": str(scores.model_path), "threshold": float(threshold),
         "model_threshold": scores.meta.get("threshold"), "n_unlabelled_skipped":
         scores.n_unlabelled, "metrics": metrics, "optimal_thresholds": optimal,
+        "calibration": calibration_summary(scores, threshold),
         "counts": counts, "n_examples": int(n_examples), "seed": int(seed),
         "contact_sheets": {k: str(v.relative_to(dest)) for k, v in sheets.items()},
         "cutouts": index,
@@ -205,6 +209,8 @@ def format_diagnostics(summary: dict[str, Any]) -> str:
              "  (average_precision = area under the precision-recall curve)"]
     if summary.get("n_unlabelled_skipped"):
         lines.append(f"  {summary['n_unlabelled_skipped']} unlabelled cutouts skipped")
+    if summary.get("calibration"):
+        lines.append(format_calibration(summary["calibration"]))
     lines.append(format_thresholds(summary["optimal_thresholds"]))
     c = summary["counts"]
     ex = {k: len(v) for k, v in summary["cutouts"].items()}

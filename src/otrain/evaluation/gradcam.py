@@ -14,8 +14,11 @@ registered architecture:
    maximum, so it lies in ``[0, 1]``; a heatmap that is zero everywhere (no positive evidence)
    stays zeros, never NaN.
 
-The target class is the predicted one at ``threshold`` (real when P(real) > threshold), so for a
-false positive the map shows what made the network say "real".
+The target class is the predicted one at ``threshold`` (real when P(real) > threshold, P(real)
+being the model's calibrated score, :func:`otrain.models.modelfile.predict_proba`), so for a
+false positive the map shows what made the network say "real". For an ensemble file the map is
+the mean of the members' maps (each explaining the class the ensemble predicts), rescaled to a
+peak of 1.
 
 :func:`write_overlays` draws, for each cutout, every channel (e.g. diff, sci, ref side by side)
 in gray with ZScale limits and the heatmap over it (``jet``, alpha 0.5) and a colour bar, into
@@ -74,38 +77,9 @@ def _target_layer(model: nn.Module, layer: str) -> nn.Module:
     return module
 
 
-def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float | None = None,
-                     target: int | Sequence[int] | np.ndarray | None = None,
-                     layer: str = TARGET_LAYER, batch_size: int = 256) -> GradCamResult:
-    """Grad-CAM heatmaps, with P(real) and the class explained.
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-        From :func:`otrain.models.modelfile.load_model`.
-    images : numpy.ndarray
-        Raw cutouts ``(N, C, H, W)`` (``(N, H, W)`` for one channel), as in the datacube.
-    threshold : float, optional
-        P(real) above which the predicted class is real (default: the model's threshold).
-    target : int or sequence of int, optional
-        Class to explain per cutout (default: the predicted class).
-    layer : str, default "last_conv"
-        Module name of the convolution whose maps are used.
-    batch_size : int, default 256
-        Cutouts per pass.
-
-    Returns
-    -------
-    GradCamResult
-    """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4:
-        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
-    loaded.check_input(images.shape[1], images.shape[2:])
-    threshold = loaded.threshold if threshold is None else float(threshold)
-    model = loaded.model
+def _member_cam(loaded: LoadedModel, model: nn.Module, images: np.ndarray, threshold: float,
+                target: np.ndarray, layer: str, batch_size: int) -> GradCamResult:
+    """Grad-CAM of one network for the given target classes (checked images)."""
     conv = _target_layer(model, layer)
     n, _, h, w = images.shape
     heat = np.zeros((n, h, w), np.float32)
@@ -143,6 +117,52 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
     finally:
         handle.remove()
         model.train(was_training)
+    return GradCamResult(heat, p_real, targets)
+
+
+
+
+def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float | None = None,
+                     target: int | Sequence[int] | np.ndarray | None = None,
+                     layer: str = TARGET_LAYER, batch_size: int = 256) -> GradCamResult:
+    """Grad-CAM heatmaps, with P(real) and the class explained.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From :func:`otrain.models.modelfile.load_model`.
+    images : numpy.ndarray
+        Raw cutouts ``(N, C, H, W)`` (``(N, H, W)`` for one channel), as in the datacube.
+    threshold : float, optional
+        P(real) above which the predicted class is real (default: the model's threshold).
+    target : int or sequence of int, optional
+        Class to explain per cutout (default: the predicted class).
+    layer : str, default "last_conv"
+        Module name of the convolution whose maps are used.
+    batch_size : int, default 256
+        Cutouts per pass.
+
+    Returns
+    -------
+    GradCamResult
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
+    loaded.check_input(images.shape[1], images.shape[2:])
+    threshold = loaded.threshold if threshold is None else float(threshold)
+    # the score explained is the model's (calibrated, ensemble mean): one prediction path
+    p_real = predict_proba(loaded, images, batch_size)
+    targets = ((p_real > threshold).astype(np.int64) if target is None else
+               np.broadcast_to(np.asarray(target, dtype=np.int64), (images.shape[0],)).copy())
+    maps = [_member_cam(loaded, net, images, threshold, targets, layer, batch_size).heatmaps
+            for net in loaded.members]
+    heat = np.mean(maps, axis=0).astype(np.float32)
+    if len(maps) > 1:  # the members' mean map, scaled back to a peak of 1
+        peak = heat.max(axis=(1, 2), keepdims=True)
+        heat = np.where(peak > 0, heat / np.maximum(peak, 1e-30), 0.0).astype(np.float32)
     return GradCamResult(heat, p_real, targets)
 
 

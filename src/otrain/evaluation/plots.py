@@ -29,7 +29,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 from otrain.errors import OtrainError
 from otrain.evaluation.scores import Scores, score
 from otrain.evaluation.thresholds import FNR_TARGETS, confusion_counts, optimal_thresholds, rates
-from otrain.metrics import binary_metrics, wilson_interval
+from otrain.metrics import binary_metrics, expected_calibration_error, wilson_interval
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import info
 
@@ -244,8 +244,10 @@ def binned_figure(values: np.ndarray | None, y: np.ndarray, p: np.ndarray, thres
     return fig, note
 
 
-def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure:
-    """Calibration curve (fraction of real against mean score per bin) and the score histogram."""
+def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10,
+                       p_before: np.ndarray | None = None) -> Figure:
+    """Calibration curve (fraction of real against mean score per bin) and the score histogram;
+    with ``p_before`` (the scores without the model's temperature) both curves."""
     prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     bins = np.linspace(0.0, 1.0, n_bins + 1)
     ids = np.searchsorted(bins[1:-1], p)  # the binning of calibration_curve
@@ -258,7 +260,13 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure
     yerr = np.maximum(0.0, [prob_true - lo, hi - prob_true])  # rounding can give -1e-17
     top.errorbar(prob_pred, prob_true, yerr=yerr, fmt="o-",
                  color="k", capsize=3, lw=1.4,
-                 label=f"model (Brier score = {brier_score_loss(y, p):.4f})")
+                 label=f"model (ECE = {expected_calibration_error(y, p):.4f}, Brier = "
+                       f"{brier_score_loss(y, p):.4f})")
+    if p_before is not None:
+        t_before, p_pred = calibration_curve(y, p_before, n_bins=n_bins, strategy="uniform")
+        top.plot(p_pred, t_before, "s:", color="tab:orange", lw=1.2,
+                 label=f"before calibration (ECE = {expected_calibration_error(y, p_before):.4f},"
+                       f" Brier = {brier_score_loss(y, p_before):.4f})")
     top.set(xlim=(0, 1), ylim=(-0.02, 1.02), ylabel="fraction of true real in bin",
             title=f"reliability diagram ({n_bins} equal-width bins, Wilson 95% bars)")
     top.grid(alpha=0.3)
@@ -312,7 +320,7 @@ def build_figures(scores: Scores, threshold: float = 0.5, n_bins: int = 6,
         notes.append(f"{key}: {note}")
         if fig is not None:
             figs[key] = fig
-    figs["reliability"] = reliability_figure(y, p)
+    figs["reliability"] = reliability_figure(y, p, p_before=scores.p_uncalibrated)
     return {k: figs[k] for k in PLOT_FILES if k in figs}, notes
 
 

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from otrain._version import __version__
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
+from otrain.evaluation.calibration import calibration_summary, describe_choice
 from otrain.evaluation.diagnostics import select_examples
 from otrain.evaluation.gallery import outcome_sheet
 from otrain.evaluation.plots import PLOT_FILES, build_figures
@@ -52,7 +53,8 @@ _CAPTIONS = {
     "score_distribution": "Scores of the true real and the true bogus cutouts.",
     "mag": "Recall and precision per magnitude bin, with the class counts of each bin.",
     "magerr": "Recall and precision per magnitude-error bin.",
-    "reliability": "Calibration: fraction of real cutouts against the mean score of each bin.",
+    "reliability": "Calibration: fraction of real cutouts against the mean score of each bin "
+                   "(with the curve before temperature scaling when the model has one).",
 }
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
@@ -107,16 +109,20 @@ def history_figure(history: list[dict[str, float]], best_epoch: int = 0) -> Figu
     """Loss, accuracy and validation AUC against the epoch."""
     fig = Figure(figsize=(11, 3.6))
     axes = fig.subplots(1, 3)
-    epochs = [row["epoch"] for row in history]
-    for ax, key, ylabel in ((axes[0], "loss", "loss (cross-entropy)"),
-                            (axes[1], "acc", "accuracy")):
-        ax.plot(epochs, [row.get(f"train_{key}", np.nan) for row in history], "o-",
-                color="0.25", label="train")
-        ax.plot(epochs, [row.get(f"val_{key}", np.nan) for row in history], "s-",
-                color="tab:purple", label="validation")
-        ax.set(ylabel=ylabel, title=ylabel)
-    axes[2].plot(epochs, [row.get("val_auc", np.nan) for row in history], "s-", color="tab:purple",
-                 label="validation")
+    members = sorted({int(row.get("member", 0)) for row in history})
+    for m in members:  # an ensemble's history.csv has a member column: one curve each
+        rows = [row for row in history if int(row.get("member", 0)) == m]
+        epochs = [row["epoch"] for row in rows]
+        tag, alpha = (f" {m}", 0.5 + 0.5 / len(members)) if len(members) > 1 else ("", 1.0)
+        for ax, key, ylabel in ((axes[0], "loss", "loss (cross-entropy)"),
+                                (axes[1], "acc", "accuracy")):
+            ax.plot(epochs, [row.get(f"train_{key}", np.nan) for row in rows], "o-",
+                    color="0.25", alpha=alpha, label=f"train{tag}")
+            ax.plot(epochs, [row.get(f"val_{key}", np.nan) for row in rows], "s-",
+                    color="tab:purple", alpha=alpha, label=f"validation{tag}")
+            ax.set(ylabel=ylabel, title=ylabel)
+        axes[2].plot(epochs, [row.get("val_auc", np.nan) for row in rows], "s-",
+                     color="tab:purple", alpha=alpha, label=f"validation{tag}")
     axes[2].set(ylabel="ROC AUC", title="validation ROC AUC")
     for ax in axes:
         if best_epoch:
@@ -181,6 +187,30 @@ def _metrics_section(train_metrics: dict[str, Any], now: dict[str, Any], label: 
     return out
 
 
+def _calibration_section(cal: dict[str, Any], train_metrics: dict[str, Any],
+                         thr: float) -> str:
+    r = cal["error_rates"]
+    rows = [[name, _num(r[k]), _num(r[f"{k}_low"]), _num(r[f"{k}_high"]), str(r[f"n_{n}"])]
+            for name, k, n in (("FNR (real called bogus)", "fnr", "real"),
+                               ("FPR (bogus called real)", "fpr", "bogus"))]
+    out = (f"<p>Threshold {thr:g}: {_esc(describe_choice(cal['threshold_choice']))}.</p>"
+           + _table(["at the threshold (this cube)", "rate", "95% low", "95% high", "of"], rows))
+    crow = [["this cube", _num(cal["after"]["ece"]), _num(cal["after"]["brier"]),
+             _num((cal["before"] or {}).get("ece")), _num((cal["before"] or {}).get("brier"))]]
+    for part, c in ((train_metrics.get("calibration") or {}).items()):
+        if part in ("validation", "test") and c:
+            crow.append([f"{part} (training run)", _num(c["after"]["ece"]),
+                         _num(c["after"]["brier"]), _num(c["before"]["ece"]),
+                         _num(c["before"]["brier"])])
+    out += _table(["rows", "ECE", "Brier", "ECE before", "Brier before"], crow)
+    out += (f'<p class="muted">Temperature {cal["temperature"]:.4g} (logits divided by it; 1 = '
+            "uncalibrated). ECE: 10 equal-width bins of P(real). Intervals: Wilson score.")
+    if cal["mean_p_real_std"] is not None:
+        out += (f" Ensemble of {cal['n_members']} networks: the score is their mean P(real); "
+                f"mean spread (p_real_std) {cal['mean_p_real_std']:.4f}.")
+    return out + "</p>"
+
+
 def _confusion_section(m: dict[str, Any]) -> str:
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     def pct(a: int, b: int) -> str:
@@ -207,6 +237,7 @@ def _model_card(meta: dict[str, Any], model_file: Path, cube_path: Path,
                 scores: Scores, train_metrics: dict[str, Any]) -> str:
     tr = meta.get("training", {}) or {}
     cfg = tr.get("config", {}) or {}
+    ens = meta.get("ensemble") or {}
     sizes = train_metrics.get("sizes") or {}
     split = "; ".join(f"{k}: {v.get('n')} ({v.get('real')} real, {v.get('bogus')} bogus)"
                       for k, v in sizes.items() if v) or _esc(tr.get("split_sizes", "n/a"))
@@ -216,6 +247,9 @@ def _model_card(meta: dict[str, Any], model_file: Path, cube_path: Path,
                   f"{'x'.join(str(s) for s in meta.get('input_size', []))} pixels"),
         ("normalisation", meta.get("normalisation")), ("dropout", meta.get("dropout")),
         ("threshold recorded", meta.get("threshold")),
+        ("temperature", meta.get("temperature", 1.0)),
+        ("ensemble", f"{ens.get('n_members')} members, seeds "
+                     f"{[m.get('seed') for m in ens.get('members', [])]}" if ens else "no"),
         ("training cube", f"{tr.get('cube', 'n/a')} ({tr.get('cube_rows', 'n/a')} rows)"),
         ("split", split), ("seed", tr.get("seed")),
         ("epochs", f"{tr.get('epochs_run', 'n/a')} run of {tr.get('epochs_requested', 'n/a')}, "
@@ -309,6 +343,8 @@ def build_report(model_dir: str | Path | None = None, model: str | Path | None =
     parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
     parts += ["<h2>Metrics</h2>", _metrics_section(train_metrics, m, label),
               "<h2>Confusion matrix</h2>", _confusion_section(m),
+              "<h2>Calibration and operating point</h2>",
+              _calibration_section(calibration_summary(scores, thr), train_metrics, thr),
               "<h2>Choosing the threshold</h2>", _thresholds_section(opt), "<h2>Plots</h2>"]
     parts += [_figure(fig, _CAPTIONS[k], PLOT_FILES[k]) for k, fig in figs.items()]
     parts += [f'<p class="muted">{_esc(n)}</p>' for n in plot_notes]

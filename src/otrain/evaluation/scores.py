@@ -18,7 +18,8 @@ from astropy.table import Table
 from otrain.datacube.cube import BOGUS, REAL, Datacube
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
-from otrain.models.modelfile import LoadedModel, load_model, predict_proba
+from otrain.models.ensemble import combine, logits_probabilities, member_logits
+from otrain.models.modelfile import LoadedModel, load_model
 from otrain.progress import Progress
 
 #: Table columns carried along with the scores (those present in the cube).
@@ -52,6 +53,10 @@ class Scores:
         The cube's channel names.
     n_unlabelled : int
         Rows of the cube with label -1, not scored.
+    p_real_std : numpy.ndarray or None
+        Spread of the ensemble members' P(real) (None for a single model).
+    p_uncalibrated : numpy.ndarray or None
+        P(real) without the model's temperature (None when the temperature is 1).
     """
 
     y_true: np.ndarray
@@ -63,6 +68,8 @@ class Scores:
     meta: dict[str, Any] = field(default_factory=dict)
     channels: list[str] = field(default_factory=list)
     n_unlabelled: int = 0
+    p_real_std: np.ndarray | None = None
+    p_uncalibrated: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y_true.size)
@@ -125,11 +132,16 @@ def score_datacube(loaded: LoadedModel, cube: Datacube, batch_size: int = 512,
         raise OtrainError("the datacube holds no labelled cutout (label 1 real or 0 bogus) to "
                           "evaluate on", cube.path)
     p = np.empty(rows.size, dtype=np.float64)
+    std, raw = np.zeros_like(p), np.empty_like(p)
     done = 0
     n_batches = -(-rows.size // batch_size)
     with Progress(n_batches, "scoring cutouts", quiet, unit="batch") as bar:
         for _, images in cube.iter_batches(batch_size, rows):
-            p[done : done + images.shape[0]] = predict_proba(loaded, images, batch_size)
+            # one pass; the same formula as predict_proba (otrain.models.ensemble)
+            logits = member_logits(loaded, images, batch_size)
+            part = slice(done, done + images.shape[0])
+            p[part], std[part] = combine(logits_probabilities(logits, loaded.temperature))
+            raw[part] = combine(logits_probabilities(logits))[0]
             done += images.shape[0]
             bar.update()
     bad = int(np.sum(~np.isfinite(p)))
@@ -140,7 +152,9 @@ def score_datacube(loaded: LoadedModel, cube: Datacube, batch_size: int = 512,
     table = cube.table[keep][rows]
     return Scores(y_true=labels[rows].astype(np.int64), p_real=p, table=table, rows=rows,
                   cube_path=cube.path, model_path=loaded.path, meta=dict(loaded.meta),
-                  channels=list(cube.channels), n_unlabelled=int(labels.size - rows.size))
+                  channels=list(cube.channels), n_unlabelled=int(labels.size - rows.size),
+                  p_real_std=std if loaded.is_ensemble else None,
+                  p_uncalibrated=raw if loaded.temperature != 1.0 else None)
 
 
 def score(model_path: str | Path, cube_path: str | Path, batch_size: int = 512,

@@ -46,7 +46,8 @@ from otrain.errors import OtrainError
 from otrain.models.normalise import normalise
 
 __all__ = ["DROPOUT_TYPES", "MEMBER_PREFIX", "T_RANGE", "combine", "fit_temperature",
-           "logits_probabilities", "mc_dropout", "member_probabilities", "member_state",
+           "logits_probabilities", "mc_dropout", "member_logits", "member_probabilities",
+           "member_state",
            "nll", "normalised_member_probabilities", "prefixed_state", "spread"]
 
 MEMBER_PREFIX = "member"
@@ -233,6 +234,24 @@ def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
             loaded.members, x, temperature, loaded.device, batch_size, mc_samples, seed,
             first_batch=start // batch_size))
     return np.concatenate(parts, axis=1)
+
+
+def member_logits(loaded: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits ``(M, N, 2)`` (float32, eval mode) of each member for RAW cutouts, e.g. to
+    compare calibrated and uncalibrated scores from one pass (:func:`logits_probabilities`)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    loaded.check_input(images.shape[1], images.shape[2:])
+    out = np.empty((len(loaded.members), images.shape[0], 2), dtype=np.float32)
+    with torch.no_grad():
+        for m, net in enumerate(loaded.members):
+            with _eval(net):
+                for start in range(0, images.shape[0], batch_size):
+                    x = normalise(images[start:start + batch_size], loaded.normalisation)
+                    out[m, start:start + x.shape[0]] = net(
+                        torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
+    return out
 
 
 # ------------------------------------------------------------------------------------------
