@@ -1,19 +1,29 @@
 """Export a model as ONNX for alert brokers: raw stamps in, P(real) out, checked on export.
 
 The graph has one input ``stamps``, float32 ``(N, C, H, W)`` of raw pixels (NaN and infinities
-allowed, any batch size ``N``), and one output ``p_real``, float32 ``(N,)``. Inside the graph,
-in this order, are the model's normalisation (:mod:`~otrain.models.normalise`, every method:
-``zscore``'s
+allowed, any batch size ``N``), and the output ``p_real``, float32 ``(N,)``: the calibrated,
+ensemble-averaged P(real) that ``otrain-infer`` writes as ``label1``. Inside the graph, in this
+order, are the model's normalisation (:mod:`~otrain.models.normalise`, every method: ``zscore``'s
 medians are computed exactly as numpy's, as the mean of the two middle finite values of a sort,
-not torch's lower median), the NaN fill (non-finite pixels become 0), the network and the softmax
-column of the real class. So a broker feeds the stamps as they come out of the alert.
+not torch's lower median), the NaN fill (non-finite pixels become 0), every member's network,
+``logits / T`` (the model's temperature; skipped for ``T = 1``), the softmax column of the real
+class and the mean over the members. So a broker feeds the stamps as they come out of the alert.
 
-The file's metadata properties: ``otrain`` (the model file's full JSON metadata), ``channels``
-(comma-separated, in input order), ``input_size`` (``HxW``), ``normalisation``, ``threshold``,
-``otrain_version``, plus ``input`` / ``output`` naming the tensors. :func:`export_onnx` checks
-itself: onnxruntime's scores of a seeded batch of raw stamps (with NaN pixels, a constant and an
-all-NaN stamp) must match :func:`otrain.broker.stream.model_scores` (otrain's own scoring path)
-within ``1e-5`` (the batch at sky level 100 and divided by 100), else it fails and writes nothing.
+An ensemble's graph has a second output, ``p_real_std`` ``(N,)``: the population standard
+deviation of the members' calibrated P(real), as ``otrain-infer``'s ``p_real_std`` column and
+the stream API's spread. A single network's graph keeps the one output (its spread would be 0),
+exactly as ``otrain-infer`` adds the column only for ensembles. MC-dropout is not exported (the
+graph is deterministic).
+
+The file's metadata properties: ``otrain`` (the model file's full JSON metadata, with the
+``ensemble`` members and ``temperature`` when it has them), ``channels`` (comma-separated, in
+input order), ``input_size`` (``HxW``), ``normalisation``, ``threshold``, ``temperature``,
+``n_members``, ``otrain_version``, plus ``input`` / ``output`` naming the tensors (``output`` is
+``p_real``; ``outputs`` lists all, comma-separated). :func:`export_onnx` checks itself:
+onnxruntime's scores (and spread) of a seeded batch of raw stamps (with NaN pixels, a constant and
+an all-NaN stamp) must match :func:`otrain.broker.stream.model_scores` (otrain's own scoring path,
+:mod:`otrain.models.ensemble`) within ``1e-5`` (the batch at sky level 100 and divided by 100),
+else it fails and writes nothing.
 
 Needs the ``onnx`` extra (``pip install 'otrain[onnx]'``: onnx, onnxruntime and onnxscript, which
 torch's exporter uses).
@@ -43,11 +53,13 @@ from otrain.models.modelfile import LoadedModel
 from otrain.models.normalise import ABSOLUTE_FLOOR, MAD_TO_STD, RELATIVE_FLOOR, check_method
 from otrain.outputs import atomic_output, check_writable
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "TOLERANCE", "ScoringGraph", "export_onnx",
-           "onnx_metadata", "run_onnx"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "SPREAD_NAME", "TOLERANCE", "ScoringGraph",
+           "export_onnx", "onnx_metadata", "output_names", "run_onnx", "run_onnx_outputs"]
 
 INPUT_NAME = "stamps"
 OUTPUT_NAME = "p_real"
+#: Second output of an ensemble's graph: the members' standard deviation.
+SPREAD_NAME = "p_real_std"
 #: Largest |onnxruntime - otrain| P(real) difference export accepts.
 TOLERANCE = 1e-5
 OPSET = 18
@@ -124,36 +136,53 @@ class Normalisation(nn.Module):
         return out.reshape(x.shape)
 
 
+def output_names(loaded: LoadedModel) -> list[str]:
+    """``["p_real"]``, plus ``"p_real_std"`` for an ensemble."""
+    return [OUTPUT_NAME, SPREAD_NAME] if loaded.is_ensemble else [OUTPUT_NAME]
+
+
 def probability_module(loaded: LoadedModel) -> nn.Module:
-    """The network as normalised stamps -> P(real) ``(N,)`` (calibrated, ensemble-averaged).
+    """Normalised stamps -> calibrated, ensemble-averaged P(real) ``(N,)`` (and, for an
+    ensemble, the members' spread): the torch form of
+    :func:`otrain.broker.stream.model_scores` that ONNX can hold.
 
-    This is the hook for ensembles and temperature calibration: a model file with several
-    members (or a temperature) must return them here, averaged as
-    :func:`otrain.broker.stream.model_scores` averages them; today a model is one network and its
-    softmax column of the real class.
+    Every member's network (copied to CPU, eval mode), ``logits / T``, the softmax column of the
+    real class, then the mean (and population std) over the members. A Keras import or any
+    single-network file is one member; ``T`` is 1 unless the model was calibrated.
     """
-    return _SoftmaxReal(copy.deepcopy(loaded.model).to("cpu").eval())
+    members = [copy.deepcopy(net).to("cpu").eval() for net in loaded.members]
+    return _CalibratedMean(members, loaded.temperature, with_spread=loaded.is_ensemble)
 
 
-class _SoftmaxReal(nn.Module):
-    def __init__(self, network: nn.Module) -> None:
+class _CalibratedMean(nn.Module):
+    def __init__(self, members: list[nn.Module], temperature: float, with_spread: bool) -> None:
         super().__init__()
-        self.network = network
+        self.members = nn.ModuleList(members)
+        self.temperature = float(temperature)
+        self.with_spread = with_spread
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.network(x), dim=1)[:, 1]
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.stack([net(x).float() for net in self.members])  # (M, N, 2)
+        if self.temperature != 1.0:  # as otrain.models.ensemble.logits_probabilities
+            logits = logits / self.temperature
+        p = torch.softmax(logits, dim=-1)[..., 1]  # (M, N)
+        mean = p.mean(dim=0)
+        if not self.with_spread:
+            return mean
+        return mean, torch.sqrt(torch.mean((p - mean) ** 2, dim=0))
 
 
 class ScoringGraph(nn.Module):
-    """Raw stamps ``(N, C, H, W)`` -> P(real) ``(N,)``: normalisation, NaN fill, network."""
+    """Raw stamps ``(N, C, H, W)`` -> P(real) ``(N,)`` (and an ensemble's spread):
+    normalisation, NaN fill, the members, temperature, mean."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
         self.normalise = Normalisation(loaded.normalisation)
         self.head = probability_module(loaded)
 
-    def forward(self, stamps: torch.Tensor) -> torch.Tensor:
-        """P(real) of raw stamps."""
+    def forward(self, stamps: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """P(real) of raw stamps (ensembles: and its spread)."""
         return self.head(self.normalise(stamps))
 
 
@@ -163,7 +192,9 @@ def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
     return {"otrain": json.dumps(loaded.meta, sort_keys=True, default=str),
             "channels": ",".join(loaded.channels), "input_size": f"{h}x{w}",
             "normalisation": loaded.normalisation, "threshold": repr(loaded.threshold),
-            "otrain_version": __version__, "input": INPUT_NAME, "output": OUTPUT_NAME}
+            "temperature": repr(loaded.temperature), "n_members": str(len(loaded.members)),
+            "otrain_version": __version__, "input": INPUT_NAME, "output": OUTPUT_NAME,
+            "outputs": ",".join(output_names(loaded))}
 
 
 def check_batch(loaded: LoadedModel, n: int = 16, seed: int = 0) -> np.ndarray:
@@ -201,12 +232,19 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines() or [""])[0][:200]
 
 
-def run_onnx(path: str | Path, stamps: np.ndarray) -> np.ndarray:
-    """P(real) of raw stamps ``(N, C, H, W)`` by onnxruntime on an exported file (float64)."""
+def run_onnx_outputs(path: str | Path, stamps: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output (``p_real``, and ``p_real_std`` for an ensemble) of raw stamps
+    ``(N, C, H, W)`` by onnxruntime on an exported file (float64)."""
     _, ort = require_onnx()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(stamps, np.float32)})[0]
-    return np.asarray(out, dtype=np.float64)
+    names = [o.name for o in session.get_outputs()]
+    outs = session.run(names, {INPUT_NAME: np.ascontiguousarray(stamps, np.float32)})
+    return {n: np.asarray(o, dtype=np.float64) for n, o in zip(names, outs, strict=True)}
+
+
+def run_onnx(path: str | Path, stamps: np.ndarray) -> np.ndarray:
+    """P(real) of raw stamps ``(N, C, H, W)`` by onnxruntime on an exported file (float64)."""
+    return run_onnx_outputs(path, stamps)[OUTPUT_NAME]
 
 
 def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False,
@@ -231,7 +269,8 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
     path : Path
         The file written.
     max_diff : float
-        Largest |onnxruntime - otrain| P(real) difference on the check batch.
+        Largest |onnxruntime - otrain| difference on the check batch (P(real), and for an
+        ensemble also its spread).
 
     Raises
     ------
@@ -255,7 +294,8 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
             with warnings.catch_warnings(), torch.no_grad(), _quiet_logs():
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=OPSET,
-                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                            input_names=[INPUT_NAME],
+                                            output_names=output_names(loaded),
                                             dynamic_shapes=({0: batch},), external_data=False,
                                             verbose=False, report=False)
             program.save(str(raw), external_data=False)
@@ -276,11 +316,16 @@ def export_onnx(loaded: LoadedModel, output: str | Path, overwrite: bool = False
         onnx.save(proto, str(final))
         raw_batch = check_batch(loaded, check_size, seed)
         stamps = np.concatenate([raw_batch, raw_batch / 100.0])  # two pixel scales
-        ours, _ = model_scores(loaded, stamps)
-        theirs = run_onnx(final, stamps)
-        diff = float(np.max(np.abs(ours - theirs)))
-        if not np.isfinite(theirs).all() or not diff <= TOLERANCE:
-            raise OtrainError(f"exported graph disagrees with otrain: largest P(real) "
+        ours = dict(zip((OUTPUT_NAME, SPREAD_NAME), model_scores(loaded, stamps), strict=True))
+        theirs = run_onnx_outputs(final, stamps)
+        if sorted(theirs) != sorted(output_names(loaded)):
+            raise OtrainError(f"exported graph has outputs {', '.join(theirs)}, expected "
+                              f"{', '.join(output_names(loaded))}; nothing written", loaded.path)
+        diffs = {k: float(np.max(np.abs(ours[k] - v))) for k, v in theirs.items()}
+        diff = max(diffs.values())
+        if not all(np.isfinite(v).all() for v in theirs.values()) or not diff <= TOLERANCE:
+            worst = max(diffs, key=diffs.get)
+            raise OtrainError(f"exported graph disagrees with otrain: largest {worst} "
                               f"difference {diff:.3g} > {TOLERANCE:g} on the check batch; "
                               "nothing written", loaded.path)
         with atomic_output(output, overwrite) as dest:

@@ -19,8 +19,12 @@ its input ``diff, sci, template``), ``difference``/``science``/``template`` and 
 names (``cutoutDifference``...) are accepted wherever channels are named, and stamps are
 reordered to the model's order. ``column="reliability"`` names the output as Rubin does.
 
-Spread: the standard deviation of P(real) over the members of an ensemble model; 0.0 for a
-single network (and NaN where the P(real) is NaN).
+P(real) is the calibrated score ``otrain-infer`` writes as ``label1``: each member's
+``softmax(logits / T)`` (``T`` the model's temperature, 1 for uncalibrated files and Keras
+imports), averaged over the members of an ensemble. Spread: the population standard deviation of
+those member probabilities (``otrain-infer``'s ``p_real_std``); 0.0 for a single network (and NaN
+where the P(real) is NaN). Both come from :mod:`otrain.models.ensemble`; no MC-dropout here (a
+stream step is deterministic).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from otrain.errors import OtrainError
+from otrain.models.ensemble import combine, member_probabilities
 from otrain.models.modelfile import LoadedModel
 from otrain.models.modelfile import load_model as _load_file
-from otrain.models.modelfile import predict_proba as _predict_proba
 
 __all__ = ["CHANNEL_ALIASES", "RUBIN_CHANNELS", "StreamModel", "canonical_channels",
            "load_model", "model_scores", "score_alerts", "score_stamps"]
@@ -57,15 +61,13 @@ def canonical_channels(names: Sequence[str] | str) -> tuple[str, ...]:
 def model_scores(loaded: LoadedModel, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """P(real) and its spread for raw stamps ``(N, C, H, W)`` in the model's channel order.
 
-    The one predict path of the stream API and of the ONNX export check: calibrated,
-    ensemble-averaged P(real) and the members' standard deviation. Today a model file holds one
-    network, so this is :func:`~otrain.models.modelfile.predict_proba` and a spread of 0;
-    ensembles and
-    temperature calibration plug in here (and in
-    :func:`~otrain.broker.onnx_export.probability_module`).
+    The one predict path of the stream API and of the ONNX export check: the members'
+    calibrated probabilities (:func:`otrain.models.ensemble.member_probabilities`, temperature
+    applied) combined into their mean and population standard deviation
+    (:func:`otrain.models.ensemble.combine`), as ``otrain-infer``'s ``label1`` and
+    ``p_real_std``. One network: its calibrated P(real) and a spread of 0.
     """
-    p_real = _predict_proba(loaded, stamps)
-    return p_real, np.zeros_like(p_real)
+    return combine(member_probabilities(loaded, stamps))
 
 
 @dataclass
@@ -94,6 +96,16 @@ class StreamModel:
     def threshold(self) -> float:
         """P(real) above which a candidate is called real."""
         return self.loaded.threshold
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature the logits are divided by (1: uncalibrated)."""
+        return self.loaded.temperature
+
+    @property
+    def n_members(self) -> int:
+        """Networks averaged (1 unless the model is an ensemble)."""
+        return len(self.loaded.members)
 
     @property
     def meta(self) -> dict[str, Any]:

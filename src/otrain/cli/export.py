@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, check with onnxruntime and say how close it came."""
-    from otrain.broker.onnx_export import TOLERANCE, export_onnx, require_onnx
+    from otrain.broker.onnx_export import TOLERANCE, export_onnx, output_names, require_onnx
 
     require_onnx()
     loaded = load_model(args.model, "cpu")
@@ -28,8 +28,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         c = len(loaded.channels)
         h, w = loaded.input_size
+        outs = ", ".join(f"'{n}' (N,)" for n in output_names(loaded))
+        m = len(loaded.members)
         print(f"exported {args.model}: input 'stamps' float32 (N, {c}, {h}, {w}) raw pixels, "
-              f"output 'p_real' (N,); normalisation '{loaded.normalisation}' and NaN fill in "
+              f"output {outs}; normalisation '{loaded.normalisation}' and NaN fill, "
+              f"{m} network{'s' if m > 1 else ''} and temperature {loaded.temperature:.4g} in "
               f"the graph\nonnxruntime matches otrain to {diff:.1g} (limit {TOLERANCE:g})\n"
               f"Saved to {out}")
     return 0

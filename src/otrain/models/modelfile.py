@@ -49,8 +49,7 @@ from otrain.models.normalise import check_method
 from otrain.outputs import atomic_output
 
 FORMAT_NAME = "otrain-model"
-#: Newest format read and written (2: ensembles and temperature; 1 is still read and written
-#: for plain single models).
+#: Newest format read and written (2: ensembles/temperature; 1 still used for plain models).
 FORMAT_VERSION = 2
 METADATA_KEY = "otrain"
 CLASS_NAMES = ["bogus", "real"]
