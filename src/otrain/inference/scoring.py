@@ -154,7 +154,7 @@ class Scorer:
         self.device = loaded.device
         model = copy.deepcopy(loaded.model).eval()
         self.precision = (precision if isinstance(precision, Precision)
-                          else resolve_precision(precision, self.device))
+                          else resolve_precision(precision, self.device, inference=True))
         self.channels_last = self.device.type == "cpu"
         self.model: Any = model.to(memory_format=torch.channels_last) if self.channels_last \
             else model
@@ -201,7 +201,9 @@ class Scorer:
                 if k < FORWARD_CHUNK:
                     batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
                                                             dtype=batch.dtype)])
-                x = torch.from_numpy(batch).to(self.device)
+                x = torch.from_numpy(batch)
+                if self.device.type == "cuda":  # pinned: the copy overlaps the last pass
+                    x = x.pin_memory().to(self.device, non_blocking=True)
                 logits = self.forward(x, k)[:k].double()
                 out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
