@@ -302,7 +302,10 @@ def main() -> None:
         "benchmark": "train_infer", "n_cutouts": args.n, "size": args.size, "channels": 1,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
                     "torch": __import__("torch").__version__, "cpu": hw,
-                    "auto_picks": resolve_precision("auto", "cpu", hw).record()},
+                    "auto_picks": {
+                        "training": resolve_precision("auto", "cpu", hw).record(),
+                        "inference": resolve_precision("auto", "cpu", hw,
+                                                       inference=True).record()}},
         "train": train, "keras_reference": keras,
         "infer_cli_wall_seconds": {**cli, "load_averages": loads,
                                    "note": "otrain-infer as a user runs it on the FITS folder: "

@@ -212,7 +212,7 @@ def test_cli_local_cluster_and_bad_scheduler(folder, model_file, tmp_path, monke
     out = tmp_path / "cli.dat"
     run_cli("otrain-infer", "--cutouts", str(folder), "--model", str(model_file), "--output",
             str(out), "--scheduler", "local", "--workers", "2", "--chunk-size", "7", "--quiet",
-            "--precision", "fp32", check=True)
+            "--precision", "fp32", check=True)  # the API's default (the CLI's is auto)
     ref = infer(folder, model_file, tmp_path / "one.dat", workers=1, quiet=True).table
     table = ascii.read(out, format="commented_header")
     assert list(table["filename"]) == list(ref["filename"])

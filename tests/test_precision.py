@@ -50,6 +50,9 @@ def test_auto_resolves_per_hardware(hw: dict, expected: str) -> None:
     assert choice.name == expected and choice.requested == "auto"
     assert choice.reason  # says why, e.g. "CPU has avx512_bf16"
     assert prec.resolve_precision("fp32", hw["device"], hw).name == "fp32"
+    scoring = prec.resolve_precision("auto", hw["device"], hw, inference=True).name
+    amx = "amx_bf16" in hw.get("flags", [])
+    assert scoring == ("fp32" if hw["device"] == "cpu" and not amx else expected)
 
 
 def test_explicit_choices_and_refusals() -> None:

@@ -177,7 +177,7 @@ class Scorer:
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.spread = len(loaded.members) > 1 or self.mc_samples > 0
         self.precision = (precision if isinstance(precision, Precision)
-                          else resolve_precision(precision, self.device))
+                          else resolve_precision(precision, self.device, inference=True))
         if self.mc_samples and self.precision.dtype is not None:
             self.precision.fall_back("MC-dropout passes run in fp32")
         self._batches = 0
