@@ -52,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +65,9 @@ from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 from otrain.models.modelfile import load_model
 from otrain.models.networks import build_model, count_parameters
-from otrain.models.normalise import resolve_method
 from otrain.progress import Progress, info
 from otrain.training import ddp as distributed
-from otrain.training.config import TrainConfig, epoch_lr
+from otrain.training.config import TrainConfig, epoch_lr, resolve_for_cube, resolve_schedule
 from otrain.training.ddp import DistContext
 from otrain.training.evaluate import evaluate, final_metrics, predict_all
 from otrain.training.outputs import (
@@ -220,9 +219,11 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
                                   f"{ctx.world_size} processes (torchrun); leave --nproc out")
             dev = ctx.device(config.device)
             cube = stack.enter_context(open_datacube(cube_path))
-            config = replace(config, normalise=resolve_method(
-                config.normalise, cube.channels, cube.attrs.get("source")))
+            config = resolve_for_cube(config, cube.channels, cube.attrs.get("source"))
             st = _prepare(cube, root / "checkpoint.pt", config, ctx, dev, quiet)
+            config = resolve_schedule(config, st.split.train.size)
+            info(f"at most {config.epochs} epochs, early stopping after "
+                 f"{config.patience or 'no'} epochs without a lower validation loss", quiet)
         except Exception as exc:
             ctx.agree(exc)
             raise
