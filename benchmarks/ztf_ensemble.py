@@ -35,6 +35,7 @@ Usage: ``python benchmarks/ztf_ensemble.py [--splits 10] [--night-seeds 5]
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import tempfile
 import time
@@ -57,6 +58,7 @@ from otrain.training.loop import train
 from ztf import CHANNELS, DEFAULT_DATA, HERE, LABELS, NIGHT, test_metrics
 
 EXTRA = DEFAULT_DATA.parent / "ztf_extra"
+PARTS = ("object_splits", "night_holdout")
 KEYS = ("auc", "mcc_stored", "fnr_at_fpr_0.01", "fnr_at_fpr_0.05", "fpr_stored", "fnr_stored",
         "ece", "brier", "ece_uncalibrated", "brier_uncalibrated", "temperature",
         "extra_drb_recall", "extra_rb_auc", "extra_rb_fpr_stored", "extra_rb_fnr_stored")
@@ -147,6 +149,19 @@ def night_cubes(cube_path: Path, tmp: Path) -> tuple[Path, Path]:
     return tmp / "night_train.h5", tmp / "night_test.h5"
 
 
+def update_json(path: Path, results: dict[str, Any], part: str) -> None:
+    """Write ``results`` to ``path``, keeping the other part another process may have written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        merged = {**old, **{k: v for k, v in results.items() if k not in PARTS}, part:
+                  results[part]}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=2) + "\n")
+        tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -158,14 +173,20 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--cutout-size", type=int, default=None,
                         help="convert's centre crop (default: otrain-convert --alerts' default)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ensemble-splits", type=int, default=None,
+                        help="object-wise splits with an ensemble (default: --splits)")
+    parser.add_argument("--part", choices=("all", "object_splits", "night_holdout"),
+                        default="all", help="run one part only (two processes can run the two "
+                        "parts at once; each updates its own key of --out)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="1 split, 1 night seed, 2 members, 3 epochs (a smoke run)")
+                        help="1 split, 1 night seed, 2 members, 1 epoch (a smoke run)")
     args = parser.parse_args()
     epochs: int | str = "auto"
     if args.quick:
         args.splits, args.night_seeds, args.night_ensemble_seeds, args.members = 1, 1, 1, 2
-        epochs = 3
+        epochs = 1
+    ens_splits = args.splits if args.ensemble_splits is None else args.ensemble_splits
     torch.set_num_threads(args.threads)
     from otrain.cli.convert import ALERTS_CUTOUT_SIZE
 
@@ -177,6 +198,7 @@ def main() -> None:
         "settings": {"cutout_size": size, "channels": "diff,sci,ref", "labels": "drb >= 0.5",
                      "frac_true": "all", "train": "TrainConfig defaults, group_by objectId",
                      "epochs": epochs, "members": args.members, "splits": args.splits,
+                     "ensemble_splits": ens_splits,
                      "object_split_test_frac": 0.25, "night_seeds": args.night_seeds,
                      "night_ensemble_seeds": args.night_ensemble_seeds},
         "labels_note": "drb is braai's own machine score and rb ZTF's random forest score, not "
@@ -195,10 +217,11 @@ def main() -> None:
         night_train, night_test = night_cubes(cube, tmp)
         base = {"group_by": "objectId", "epochs": epochs}
         plan = [("object_splits/single", s, 1) for s in range(args.splits)]
-        plan += [("object_splits/ensemble", s, args.members) for s in range(args.splits)]
+        plan += [("object_splits/ensemble", s, args.members) for s in range(ens_splits)]
         plan += [("night_holdout/single", s, 1) for s in range(args.night_seeds)]
         plan += [("night_holdout/ensemble", s, args.members)
                  for s in range(args.night_ensemble_seeds)]
+        plan = [p for p in plan if args.part in ("all", p[0].split("/")[0])]
         # interleaved so that a run stopped early still covers every configuration
         plan.sort(key=lambda item: (item[1], item[0].startswith("night"), item[2]))
         runs: dict[str, list[dict[str, Any]]] = {}
@@ -209,16 +232,16 @@ def main() -> None:
             out = run(night_train if night else cube, tmp, f"{key.replace('/', '_')}_{seed}",
                       config, night_test if night else None, extra)
             runs.setdefault(key, []).append(out)
-            results[key.split("/")[0]] = {k.split("/")[1]: summarise(v)
-                                          for k, v in runs.items() if k.startswith(
-                                              key.split("/")[0])}
+            part = key.split("/")[0]
+            results[part] = {k.split("/")[1]: summarise(v) for k, v in runs.items()
+                             if k.startswith(part)}
+            results[part]["settings"] = results["settings"]
+            results[part]["total_seconds"] = round(time.perf_counter() - t0, 1)
             print(f"{key} seed {seed}: AUC {out['auc']:.3f} ECE {out['ece']:.3f} FPR@thr "
                   f"{out['fpr_stored']:.3f} extra recall {out.get('extra_drb_recall', 0):.3f} "
                   f"({out['seconds']:.0f} s, total {time.perf_counter() - t0:.0f} s)",
                   flush=True)
-            results["total_seconds"] = round(time.perf_counter() - t0, 1)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")  # after every run
+            update_json(args.out, results, part)  # after every run
     print(f"written {args.out} in {time.perf_counter() - t0:.0f} s")
 
 

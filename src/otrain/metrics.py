@@ -106,3 +106,135 @@ def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
     (tn, fp), (fn, tp) = metrics["confusion_matrix"]
     lines.append(f"  confusion matrix [[TN, FP], [FN, TP]] = [[{tn}, {fp}], [{fn}, {tp}]]")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# Calibration and intervals
+# ------------------------------------------------------------------------------------------
+#: Bins of :func:`expected_calibration_error` (equal width on P(real)).
+ECE_BINS = 10
+
+
+def _checked(y_true: Sequence[int] | np.ndarray,
+             p_real: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(p_real, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise OtrainError(f"{y.size} labels for {p.size} scores")
+    return y, p
+
+
+def reliability_bins(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
+                     n_bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of P(real): count, mean P(real) and fraction real (NaN when empty).
+
+    Bin ``i`` holds ``i / n_bins <= p < (i + 1) / n_bins`` (the last bin includes 1).
+    """
+    y, p = _checked(y_true, p_real)
+    idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(idx, weights=p, minlength=n_bins) / count
+        frac = np.bincount(idx, weights=y, minlength=n_bins) / count
+    return count, mean_p, frac
+
+
+def expected_calibration_error(y_true: Sequence[int] | np.ndarray,
+                               p_real: Sequence[float] | np.ndarray,
+                               n_bins: int = ECE_BINS) -> float | None:
+    """ECE of P(real): sum over equal-width bins of ``|fraction real - mean P(real)|`` weighted
+    by the bin's share of the rows (None for no rows)."""
+    count, mean_p, frac = reliability_bins(y_true, p_real, n_bins)
+    if count.sum() == 0:
+        return None
+    full = count > 0
+    return float(np.sum(count[full] * np.abs(frac[full] - mean_p[full])) / count.sum())
+
+
+def brier_score(y_true: Sequence[int] | np.ndarray,
+                p_real: Sequence[float] | np.ndarray) -> float | None:
+    """Mean squared difference between P(real) and the label (None for no rows)."""
+    y, p = _checked(y_true, p_real)
+    return float(np.mean((p - y) ** 2)) if y.size else None
+
+
+def calibration_metrics(y_true: Sequence[int] | np.ndarray,
+                        p_real: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """``{"ece": ..., "brier": ...}`` of P(real) scores (10 bins)."""
+    return {"ece": expected_calibration_error(y_true, p_real),
+            "brier": brier_score(y_true, p_real)}
+
+
+def wilson_interval(k: np.ndarray | float, n: np.ndarray | float,
+                    z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval ``(low, high)`` of a binomial proportion ``k / n``.
+
+    ``z = 1.96`` gives 95%; arrays broadcast; NaN where ``n == 0``. Scalars give 0-d arrays
+    (``float()`` them).
+    """
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = (k + z * z / 2) / (n + z * z)
+        half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    lo, hi = np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
+    return np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+
+
+def error_rates_with_intervals(y_true: Sequence[int] | np.ndarray,
+                               p_real: Sequence[float] | np.ndarray, threshold: float,
+                               z: float = 1.96) -> dict[str, Any]:
+    """FNR and FPR at ``threshold`` with their Wilson intervals (95% by default).
+
+    Returns
+    -------
+    dict
+        ``fnr``, ``fnr_low``, ``fnr_high``, ``n_real``, ``fpr``, ``fpr_low``, ``fpr_high``,
+        ``n_bogus`` (None where a class is absent), ``threshold`` and ``z``.
+    """
+    y, p = _checked(y_true, p_real)
+    pred = p > threshold
+    out: dict[str, Any] = {"threshold": float(threshold), "z": float(z)}
+    for name, cls, wrong in (("fnr", 1, ~pred), ("fpr", 0, pred)):
+        sel = y == cls
+        n, k = int(sel.sum()), int(np.sum(wrong & sel))
+        lo, hi = wilson_interval(k, n, z)
+        out[f"n_{'real' if cls else 'bogus'}"] = n
+        out[name] = k / n if n else None
+        out[f"{name}_low"] = float(lo) if n else None
+        out[f"{name}_high"] = float(hi) if n else None
+    return out
+
+
+def threshold_for_target(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
+                         target_fnr: float | None = None,
+                         target_fpr: float | None = None) -> float:
+    """The threshold meeting a target error rate on labelled rows (real when ``p > t``).
+
+    ``target_fnr``: the highest threshold whose FNR is at most the target (fewest false
+    positives), placed half-way to the next higher score, so a little score noise does not
+    cross it. ``target_fpr``: the lowest threshold whose FPR is at most the target (fewest
+    false negatives), which is a score itself (``p > t`` leaves that row out).
+
+    Raises
+    ------
+    OtrainError
+        Neither or both targets, a target outside [0, 1], or no row of the class it needs.
+    """
+    if (target_fnr is None) == (target_fpr is None):
+        raise OtrainError("give one of target FNR and target FPR")
+    target = float(target_fnr if target_fnr is not None else target_fpr)
+    if not 0.0 <= target <= 1.0:
+        raise OtrainError(f"target rate must be in [0, 1], got {target}")
+    y, p = _checked(y_true, p_real)
+    cls = 1 if target_fnr is not None else 0
+    scores = p[y == cls]
+    if scores.size == 0:
+        raise OtrainError(f"no {'real' if cls else 'bogus'} row to choose a threshold on")
+    cands = np.unique(np.concatenate([[0.0, 1.0], p]))
+    if cls == 1:  # FNR(t) = share of real rows with p <= t, non-decreasing in t
+        fnr = np.searchsorted(np.sort(scores), cands, side="right") / scores.size
+        j = int(np.flatnonzero(fnr <= target + 1e-12).max())
+        return float(cands[j] if j + 1 == cands.size else (cands[j] + cands[j + 1]) / 2)
+    # FPR(t) = share of bogus rows with p > t, non-increasing in t
+    fpr = 1.0 - np.searchsorted(np.sort(scores), cands, side="right") / scores.size
+    return float(cands[int(np.flatnonzero(fpr <= target + 1e-12).min())])

@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="reading processes; 0 = one per core (default: 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                         help="where to run the network (default: cpu)")
+    parser.add_argument("--mc-samples", type=int, default=0, metavar="K",
+                        help="MC-dropout: K passes per network with dropout on, adding "
+                             "p_real_std (their spread) after label1 and scoring their mean; "
+                             "with an ensemble file the members x K passes are pooled. A crude "
+                             "uncertainty proxy (see README). Not with --scheduler. Default: 0 "
+                             "(ensemble files still get p_real_std: the members' spread)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the MC-dropout masks (default: 0)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -71,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score, write the table and print a short summary."""
+    if args.mc_samples < 0:
+        raise OtrainError(f"--mc-samples must be >= 0, got {args.mc_samples}")
     threshold = args.threshold
     if threshold == "model":
         threshold = float(read_metadata(args.model).get("threshold", 0.5))
@@ -82,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     result = score(source, args.model, args.output, channels=channels,
                    cutout_size=args.cutout_size, batch_size=args.batch_size,
                    workers=args.workers, threshold=threshold, device=args.device,
-                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet)
+                   strict=args.strict, overwrite=args.overwrite, quiet=args.quiet,
+                   mc_samples=args.mc_samples, seed=args.seed)
     if not args.quiet:
         print(result.report.summary())
     return 0

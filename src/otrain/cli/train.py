@@ -82,9 +82,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"none (default: {d.test_frac})")
     parser.add_argument("--dropout", type=float, default=None,
                         help=f"rate of every dropout layer (default: {d.dropout})")
-    parser.add_argument("--threshold", type=float, default=d.threshold,
-                        help="P(real) above which a candidate counts as real in the metrics "
-                             f"(default: {d.threshold})")
+    point = parser.add_mutually_exclusive_group()
+    point.add_argument("--threshold", type=float, default=None,
+                       help="P(real) above which a candidate counts as real, stored in the "
+                            f"model and used in the metrics (default: {d.threshold})")
+    point.add_argument("--target-fnr", type=float, default=None, metavar="F",
+                       help="choose the stored threshold on the validation rows (calibrated "
+                            "scores): the highest whose false-negative rate is <= F, e.g. 0.05")
+    point.add_argument("--target-fpr", type=float, default=None, metavar="F",
+                       help="as --target-fnr, for the false-positive rate: the lowest "
+                            "threshold whose validation FPR is <= F")
+    parser.add_argument("--ensemble", type=int, default=d.ensemble, metavar="N",
+                        help="train a deep ensemble of N networks (seeds seed..seed+N-1) kept "
+                             "in one model file; each member early-stops on its own grouped "
+                             "split of the training rows, the --frac validation rows stay "
+                             "held out from all of them for calibration, threshold and metrics; "
+                             "scores are the members' mean P(real), p_real_std their spread. "
+                             "With --nproc the members train one after another, each with DDP "
+                             f"(default: {d.ensemble})")
+    parser.add_argument("--shared-split", dest="member_splits", action="store_false",
+                        default=d.member_splits,
+                        help="ensemble members all train on the same rows and early-stop on "
+                             "the validation rows (only the seed differs)")
+    parser.add_argument("--no-calibration", dest="calibrate", action="store_false",
+                        default=d.calibrate,
+                        help="do not fit temperature scaling on the validation rows (by "
+                             "default label1 is the calibrated P(real); ECE and Brier before "
+                             "and after go to metrics.json)")
     parser.add_argument("--group-by", default=None, metavar="COLUMN",
                         help="table column (e.g. objectId) whose values never straddle the "
                              "train/validation/test split")
@@ -154,7 +178,10 @@ def _run(args: argparse.Namespace) -> int:
     fixed = {k: saved.get(k, defaults[k]) if getattr(args, k) is None else getattr(args, k)
              for k in RESUME_KEYS}
     config = TrainConfig(
-        epochs=args.epochs, threshold=args.threshold, patience=args.patience or None,
+        epochs=args.epochs, patience=args.patience or None,
+        threshold=defaults["threshold"] if args.threshold is None else args.threshold,
+        target_fnr=args.target_fnr, target_fpr=args.target_fpr, ensemble=args.ensemble,
+        member_splits=args.member_splits, calibrate=args.calibrate,
         device=args.device, resume=args.resume, workers=args.workers, nproc=args.nproc,
         init_from=args.init_from,
         **fixed,
@@ -162,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     result = train(args.cube, args.model_path, args.model_name, config,
                    overwrite=args.overwrite, quiet=args.quiet or env_rank() != 0)
     if not args.quiet and env_rank() == 0:
+        print(_calibration_lines(result.metrics))
         if result.metrics.get("test"):
             print(format_metrics(result.metrics["test"],
                                  f"test set, best epoch {result.best_epoch}"))
@@ -170,6 +198,28 @@ def _run(args: argparse.Namespace) -> int:
                                  f"validation set (no test set), best epoch {result.best_epoch}"))
         print(f"Saved to {result.folder}")
     return 0
+
+
+def _calibration_lines(metrics: dict) -> str:
+    """Temperature, ECE / Brier before and after, the threshold and how it was chosen."""
+    cal = metrics.get("calibration") or {}
+    lines = [f"temperature {cal.get('temperature', 1.0):.4g}"
+             + ("" if cal.get("fitted", True) else " (calibration off)")]
+    for part in ("validation", "test"):
+        if cal.get(part):
+            b, a = cal[part]["before"], cal[part]["after"]
+            lines.append(f"  {part}: ECE {b['ece']:.4f} -> {a['ece']:.4f}, Brier "
+                         f"{b['brier']:.4f} -> {a['brier']:.4f}")
+    choice = metrics.get("threshold_choice") or {"method": "given"}
+    how = ("given" if choice["method"] == "given" else
+           f"{choice['method'].replace('_', ' ')} {choice['target']:g} on the validation rows")
+    lines.append(f"threshold {metrics['threshold']:.4g} ({how})")
+    rates = metrics.get("test_error_rates")
+    if rates and rates["fnr"] is not None and rates["fpr"] is not None:
+        lines.append(f"  test FNR {rates['fnr']:.4f} [{rates['fnr_low']:.4f}, "
+                     f"{rates['fnr_high']:.4f}], FPR {rates['fpr']:.4f} [{rates['fpr_low']:.4f}"
+                     f", {rates['fpr_high']:.4f}] (95% Wilson)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # python -m otrain.cli.train, e.g. under torchrun

@@ -29,7 +29,7 @@ from sklearn.metrics import brier_score_loss, precision_recall_curve, roc_curve
 from otrain.errors import OtrainError
 from otrain.evaluation.scores import Scores, score
 from otrain.evaluation.thresholds import FNR_TARGETS, confusion_counts, optimal_thresholds, rates
-from otrain.metrics import binary_metrics
+from otrain.metrics import binary_metrics, wilson_interval
 from otrain.outputs import atomic_output, check_writable
 from otrain.progress import info
 
@@ -45,16 +45,6 @@ PLOT_FILES: dict[str, str] = {
 #: Magnitude placeholders of old catalogues, never a real value.
 SENTINELS = (99.0, -99.0)
 _QUANTITY = {"mag": "magnitude", "magerr": "magnitude error"}
-
-
-def wilson_interval(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, ...]:
-    """Wilson score interval of a binomial proportion ``k / n`` (NaN where ``n == 0``)."""
-    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centre = (k + z * z / 2) / (n + z * z)
-        half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
-    lo, hi = np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
-    return np.clip(lo, 0, 1), np.clip(hi, 0, 1)
 
 
 def _legend(ax: Any, **kwargs: Any) -> None:

@@ -19,6 +19,7 @@ from astropy.io import ascii as astro_ascii
 from astropy.table import Table
 
 from otrain.errors import OtrainError
+from otrain.metrics import wilson_interval as metrics_wilson
 
 CROSSMATCH_NAME = "crossmatch.dat"
 INFER_NAME = "infer_results.dat"
@@ -209,14 +210,12 @@ def match(crossmatch: Table, infer: Table, infer_path: str | Path | None = None)
 # Numbers
 # ------------------------------------------------------------------------------------------
 def wilson_interval(k: int, n: int, z: float = 1.0) -> tuple[float, float, float]:
-    """Fraction ``k / n`` and its Wilson score interval ``(fraction, low, high)``; NaN if n = 0."""
+    """Fraction ``k / n`` and its Wilson score interval ``(fraction, low, high)``; NaN if n = 0
+    (the interval is :func:`otrain.metrics.wilson_interval`; here 1 sigma by default)."""
     if n == 0:
         return math.nan, math.nan, math.nan
-    f = k / n
-    denom = 1.0 + z * z / n
-    centre = (f + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(f * (1 - f) / n + z * z / (4 * n * n))
-    return f, max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = metrics_wilson(k, n, z)
+    return k / n, float(lo), float(hi)
 
 
 def _bins(limits: Sequence[float], name: str, ops: tuple[str, str, str]

@@ -26,7 +26,7 @@ from astropy.table import Table
 from otrain.alerts import AlertReport, iter_alert_batches
 from otrain.errors import OtrainError
 from otrain.inference.scoring import InferReport
-from otrain.models.modelfile import LoadedModel, predict_proba
+from otrain.models.modelfile import LoadedModel, predict_with_spread
 from otrain.progress import Progress
 
 #: File endings of alert packets.
@@ -87,6 +87,8 @@ def iter_alert_scores(
     quiet: bool = False,
     report: InferReport | None = None,
     alert_report: AlertReport | None = None,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
     """Yield the scores of alert batches as tables (see the module documentation).
 
@@ -106,6 +108,9 @@ def iter_alert_scores(
         No progress output.
     report, alert_report : optional
         Filled in while scoring.
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member and their seed; with them or an ensemble the table
+        has ``p_real_std``.
 
     Yields
     ------
@@ -119,12 +124,17 @@ def iter_alert_scores(
     report.threshold = float(threshold if threshold is not None else loaded.threshold)
     start = time.perf_counter()
     batches = iter_alert_batches(paths, channels, h, batch_size, strict, alert_report)
+    n_batches = 0
     with Progress(None, "scoring alerts", quiet=quiet, unit="alert") as bar:
         for images, columns in batches:
-            p_real = predict_proba(loaded, images, batch_size=min(batch_size, 512))
+            p_real, p_std = predict_with_spread(loaded, images, min(batch_size, 512),
+                                                mc_samples, seed + n_batches)
+            n_batches += 1
             rows = {name: np.asarray(columns[name]) for name in ALERT_COLUMNS if name in columns}
             rows["label0"] = 1.0 - p_real
             rows["label1"] = p_real
+            if loaded.is_ensemble or mc_samples:
+                rows["p_real_std"] = p_std
             if threshold is not None:
                 rows["class"] = (p_real > threshold).astype(np.int64)
             table = Table(rows)

@@ -12,7 +12,9 @@ true) are scored and flagged in ``edge``; the original O'TRAIN dropped them sile
 
 Scores table (:data:`TABLE_COLUMNS`, the original ``infer_results.dat`` layout first)::
 
-    filename RA Dec originalFile Xpos Ypos mag magerr FWHM FWHMPSF cand_ID label0 label1 edge
+    filename RA Dec originalFile Xpos Ypos mag magerr FWHM FWHMPSF cand_ID label0 label1
+    [p_real_std]  (spread of the members' / MC-dropout passes' P(real): ensembles, --mc-samples)
+    edge
     [class]  (1 real / 0 bogus: label1 > threshold, only when a threshold is given)
     [label]  (the true label, for a labelled datacube)
 
@@ -75,6 +77,8 @@ def score_cutouts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score cutout files; the parameters are those of :func:`iter_cutout_scores`.
 
@@ -85,7 +89,8 @@ def score_cutouts(
     """
     report = InferReport()
     table = _collect(iter_cutout_scores(paths_or_folder, loaded, channels, cutout_size,
-                                        batch_size, workers, threshold, strict, quiet, report))
+                                        batch_size, workers, threshold, strict, quiet, report,
+                                        mc_samples, seed))
     return InferResult(table, report)
 
 
@@ -96,6 +101,8 @@ def score_alerts(
     threshold: float | None = None,
     strict: bool = False,
     quiet: bool = False,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score alert packets; the parameters are those of
     :func:`otrain.inference.alerts.iter_alert_scores`.
@@ -107,7 +114,7 @@ def score_alerts(
     """
     report = InferReport()
     table = _collect(iter_alert_scores(paths, loaded, batch_size, threshold, strict, quiet,
-                                       report))
+                                       report, mc_samples=mc_samples, seed=seed))
     return InferResult(table, report)
 
 
@@ -118,6 +125,8 @@ def score_datacube(
     batch_size: int = 512,
     threshold: float | None = None,
     quiet: bool = False,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Score every row of a datacube.
 
@@ -135,6 +144,8 @@ def score_datacube(
         Adds the ``class`` column.
     quiet : bool, default False
         No progress output.
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member and their seed (adds ``p_real_std``).
 
     Returns
     -------
@@ -143,12 +154,13 @@ def score_datacube(
     """
     if not isinstance(cube, Datacube):
         with open_datacube(cube) as opened:
-            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet)
+            return score_datacube(opened, loaded, cutout_size, batch_size, threshold, quiet,
+                                  mc_samples, seed)
     if len(cube) == 0:
         raise OtrainError("datacube holds no cutouts", cube.path)
     report = InferReport()
     table = _collect(iter_datacube_scores(cube, loaded, cutout_size, batch_size, threshold,
-                                          quiet, report))
+                                          quiet, report, mc_samples, seed))
     return InferResult(table, report)
 
 
@@ -211,6 +223,8 @@ def infer(
     strict: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """Load a model, score a folder / files / datacube and write the scores table.
 
@@ -229,6 +243,12 @@ def infer(
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     overwrite : bool, default False
         Replace an existing output file.
+    mc_samples : int, default 0
+        MC-dropout passes per ensemble member (0: none); adds ``p_real_std`` (an ensemble file
+        has it anyway: the members' spread, or with MC-dropout the spread of all
+        members x passes).
+    seed : int, default 0
+        Seed of the MC-dropout masks.
 
     Returns
     -------
@@ -242,12 +262,14 @@ def infer(
     if isinstance(source, str | Path) and not Path(source).exists():
         raise OtrainError("no such folder or file", source)
     if isinstance(source, str | Path) and is_datacube_path(source):
-        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet)
+        result = score_datacube(source, loaded, cutout_size, batch_size, threshold, quiet,
+                                mc_samples, seed)
     elif is_alert_source(source):
-        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet)
+        result = score_alerts(source, loaded, batch_size, threshold, strict, quiet, mc_samples,
+                              seed)
     else:
         result = score_cutouts(source, loaded, channels, cutout_size, batch_size, workers,
-                               threshold, strict, quiet)
+                               threshold, strict, quiet, mc_samples, seed)
     write_scores(result.table, out, overwrite)
     result.report.output = str(out)
     return result

@@ -18,6 +18,7 @@ from astropy.table import Table
 
 from otrain.cutouts.reading import EXTENSION_NAMES, read_cutout
 from otrain.errors import CutoutError, OtrainError
+from otrain.models.ensemble import combine, normalised_member_probabilities
 from otrain.models.modelfile import LoadedModel
 from otrain.models.normalise import normalise
 
@@ -25,10 +26,11 @@ __all__ = ["FORWARD_CHUNK", "ORIGINAL_COLUMNS", "SOURCE_COLUMNS", "TABLE_COLUMNS
            "InferReport", "Scorer", "account", "all_failed", "check_settings", "model_channels",
            "read_chunk", "skip", "stack_tables", "table_rows"]
 
-#: Output columns of the original ``otrain-infer``, in order; ``edge``/``class``/``label`` follow.
+#: Output columns of the original ``otrain-infer``, in order; ``p_real_std`` (ensembles and
+#: MC-dropout only), ``edge``, ``class``, ``label`` follow.
 ORIGINAL_COLUMNS = ("filename", "RA", "Dec", "originalFile", "Xpos", "Ypos", "mag", "magerr",
                     "FWHM", "FWHMPSF", "cand_ID", "label0", "label1")
-TABLE_COLUMNS = (*ORIGINAL_COLUMNS, "edge", "class", "label")
+TABLE_COLUMNS = (*ORIGINAL_COLUMNS, "p_real_std", "edge", "class", "label")
 #: Output column -> cutout metadata / datacube table column.
 SOURCE_COLUMNS = {"RA": "ra", "Dec": "dec", "originalFile": "file", "Xpos": "xpos", "Ypos": "ypos",
            "mag": "mag", "magerr": "magerr", "FWHM": "fwhm", "FWHMPSF": "fwhmpsf",
@@ -122,54 +124,89 @@ def read_chunk(paths: Sequence[str], channels: tuple[str, ...], cutout_size: int
 
 
 class Scorer:
-    """The model's network in eval mode, as probabilities ``(N, 2)``: P(bogus), P(real).
+    """The model's networks in eval mode, as probabilities: P(bogus), P(real)[, p_real_std].
 
-    On CPU the network is traced, frozen and optimised for inference (oneDNN convolutions with
-    fused in-place ReLU, about 1.5x faster than eager channels-last) and checked against the eager
-    network on a probe batch. TorchScript is deprecated in recent torch: on any failure or
-    difference, or on GPU, the eager network is used (channels-last on CPU).
+    On CPU each member's network is traced, frozen and optimised for inference (oneDNN
+    convolutions with fused in-place ReLU, about 1.5x faster than eager channels-last) and
+    checked against the eager network on a probe batch. TorchScript is deprecated in recent
+    torch: on any failure or difference, or on GPU, the eager network is used (channels-last on
+    CPU). With MC-dropout (``mc_samples > 0``) the eager networks run with dropout on.
+
+    Scores follow :mod:`otrain.models.ensemble` (one prediction path): each member's logits are
+    divided by the model's temperature, the members' (and MC passes') P(real) are averaged.
+    :attr:`spread` is True for an ensemble or with MC-dropout: the output then has a third
+    column, ``p_real_std``.
     """
 
-    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int]) -> None:
+    def __init__(self, loaded: LoadedModel, shape: tuple[int, int, int], mc_samples: int = 0,
+                 seed: int = 0) -> None:
+        if mc_samples < 0:
+            raise OtrainError(f"MC-dropout samples must be >= 0, got {mc_samples}")
         self.device = loaded.device
-        model = copy.deepcopy(loaded.model).eval()
+        self.temperature = loaded.temperature
+        self.mc_samples, self.seed = int(mc_samples), int(seed)
+        self.spread = len(loaded.members) > 1 or self.mc_samples > 0
+        self._batches = 0
         self.channels_last = self.device.type == "cpu"
-        self.model: Any = model.to(memory_format=torch.channels_last) if self.channels_last \
-            else model
-        if self.device.type == "cpu":
-            try:
-                probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.trace(model, probe[:1])
-                    fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-                    if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
-                        self.model, self.channels_last = fast, False
-            except Exception:  # any TorchScript failure: keep the eager network
-                pass
+        self.members: list[Any] = []
+        self._last: list[bool] = []
+        for member in loaded.members:
+            graph, last = self._build(copy.deepcopy(member).eval(), shape)
+            self.members.append(graph)
+            self._last.append(last)
+        # kept for callers that used the single network
+        self.model = self.members[0]
+
+    def _build(self, model: torch.nn.Module, shape: tuple[int, int, int]) -> tuple[Any, bool]:
+        """The fastest exact form of one network and whether it wants channels-last input."""
+        eager = model.to(memory_format=torch.channels_last) if self.channels_last else model
+        if self.device.type != "cpu" or self.mc_samples:
+            return eager, self.channels_last
+        try:
+            probe = torch.randn((4, *shape), generator=torch.Generator().manual_seed(0))
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(model, probe[:1])
+                fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                if torch.allclose(fast(probe), model(probe), rtol=1e-4, atol=1e-5):
+                    return fast, False
+        except Exception:  # any TorchScript failure: keep the eager network
+            pass
+        return eager, self.channels_last
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``.
+        """P(class) ``(N, 2)`` float64 for normalised images ``(N, C, H, W)``; ``(N, 3)`` with
+        ``p_real_std`` as the third column when :attr:`spread`.
 
         Every forward pass has the same shape (a short last pass is padded with zeros to
         :data:`FORWARD_CHUNK` rows): oneDNN picks its kernels, and so its summation order, by
         batch size, so without the padding a cutout's score would depend in its last bits on
         how the inputs happened to be batched (worker count, chunk size, Dask partitions).
+        With MC-dropout the masks are drawn per call in order (reproducible for the same
+        inputs, batching and seed).
         """
         n = images.shape[0]
-        out = np.empty((n, 2), dtype=np.float64)
+        per_member = {id(m): last for m, last in zip(self.members, self._last, strict=True)}
+
+        def forward(model: Any, x: torch.Tensor) -> torch.Tensor:
+            k = x.shape[0]
+            if k < FORWARD_CHUNK:
+                x = torch.cat([x, x.new_zeros((FORWARD_CHUNK - k, *x.shape[1:]))])
+            if per_member[id(model)]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return model(x)[:k].double()
+
         with torch.inference_mode():
-            for s in range(0, n, FORWARD_CHUNK):
-                batch = np.ascontiguousarray(images[s:s + FORWARD_CHUNK])
-                k = batch.shape[0]
-                if k < FORWARD_CHUNK:
-                    batch = np.concatenate([batch, np.zeros((FORWARD_CHUNK - k, *batch.shape[1:]),
-                                                            dtype=batch.dtype)])
-                x = torch.from_numpy(batch).to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.model(x)[:k].double()
-                out[s:s + k] = torch.softmax(logits, dim=1).cpu().numpy()
+            p = normalised_member_probabilities(
+                self.members, images, self.temperature, self.device, FORWARD_CHUNK,
+                self.mc_samples, self.seed, forward=forward, first_batch=self._batches)
+        self._batches += -(-n // FORWARD_CHUNK)
+        mean, std = combine(p)
+        out = np.empty((n, 3 if self.spread else 2), dtype=np.float64)
+        out[:, 1] = mean
+        out[:, 0] = 1.0 - mean
+        if self.spread:
+            out[:, 2] = std
         return out
 
 
@@ -195,6 +232,8 @@ def table_rows(meta: Sequence[dict[str, Any]], filenames: Sequence[str], probs: 
         else:
             cols[out] = np.asarray([m.get(src, np.nan) for m in meta], dtype=np.float64)
     cols["label0"], cols["label1"] = probs[:, 0], probs[:, 1]
+    if probs.shape[1] > 2:  # an ensemble or MC-dropout: the spread of the members / passes
+        cols["p_real_std"] = probs[:, 2]
     cols["edge"] = np.asarray(edge, dtype=bool)
     if threshold is not None:
         cols["class"] = (probs[:, 1] > threshold).astype(np.int8)

@@ -101,6 +101,8 @@ def iter_cutout_scores(
     strict: bool = False,
     quiet: bool = False,
     report: InferReport | None = None,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
     """Score cutout files batch by batch, yielding one scores table per batch (streaming).
 
@@ -126,6 +128,9 @@ def iter_cutout_scores(
         No progress output.
     report : InferReport, optional
         Filled in as batches are scored.
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member (0: none) and their seed; with them, or with an ensemble,
+        the table has ``p_real_std`` (:class:`~otrain.inference.scoring.Scorer`).
 
     Yields
     ------
@@ -165,7 +170,7 @@ def iter_cutout_scores(
     tasks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     n_workers = min(n_workers, len(tasks))
     per_batch = max(1, batch_size // chunk)
-    scorer = Scorer(loaded, (len(chans), h, w))
+    scorer = Scorer(loaded, (len(chans), h, w), mc_samples, seed)
     start = time.monotonic()
     with _torch_threads(n_threads), Progress(len(files), "scoring cutouts", quiet,
                                                  unit="cutout") as bar, \
@@ -198,8 +203,11 @@ def iter_datacube_scores(
     threshold: float | None = None,
     quiet: bool = False,
     report: InferReport | None = None,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> Iterator[Table]:
-    """Score the rows of a datacube batch by batch (streaming); see :func:`score_datacube`."""
+    """Score the rows of a datacube batch by batch (streaming); see :func:`score_datacube`
+    (``mc_samples``, ``seed``: as :func:`iter_cutout_scores`)."""
     report = report if report is not None else InferReport()
     check_settings(batch_size, threshold)
     report.source = str(cube.path) if cube.path else "datacube"
@@ -217,7 +225,7 @@ def iter_datacube_scores(
     labels = cube.labels
     labelled = bool(np.any(labels >= 0))
     names = [n for n in (*SOURCE_COLUMNS.values(), "source_file") if n in tab.colnames]
-    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))))
+    scorer = Scorer(loaded, (len(cube.channels), *(crop or (ch, cw))), mc_samples, seed)
     start = time.monotonic()
     with _torch_threads(_cpu_count()), Progress(len(cube), "scoring datacube", quiet,
                                                  unit="cutout") as bar:

@@ -3,10 +3,12 @@ normalisations recorded in a model, and the model file (safetensors tensors + JS
 it runs no code).
 """
 
+from otrain.models.ensemble import fit_temperature, member_probabilities
 from otrain.models.modelfile import (
     LoadedModel,
     load_model,
     predict_proba,
+    predict_with_spread,
     read_metadata,
     resolve_device,
     save_model,
@@ -35,9 +37,12 @@ __all__ = [
     "build_model",
     "count_flops",
     "count_parameters",
+    "fit_temperature",
     "load_model",
+    "member_probabilities",
     "normalise",
     "predict_proba",
+    "predict_with_spread",
     "read_metadata",
     "register_architecture",
     "resolve_device",

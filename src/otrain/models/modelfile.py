@@ -10,6 +10,15 @@ safetensors header metadata holds, under the key ``"otrain"``, a JSON object::
     normalisation     otrain.models.normalise method   threshold        P(real) above which "real"
     class_names       ["bogus", "real"]         training         provenance (cube, splits, metrics)
     otrain_version, torch_version
+    temperature       logits are divided by it (calibration; absent = 1)
+    threshold_choice  how ``threshold`` was chosen ({"method": "given" | "target_fnr" | ...})
+    calibration       ECE / Brier before and after, and the rows the temperature was fitted on
+    ensemble          only for ensembles: {"n_members": M, "members": [{seed, split, metrics}...]}
+
+An ensemble keeps each member's tensors under ``member<i>.``; a single network's tensors have
+no prefix (as in format 1). Files that need the new keys (an ensemble or a temperature other
+than 1) are written as format 2, others as format 1; both are read. Scoring (members,
+temperature, MC-dropout) is :mod:`otrain.models.ensemble`.
 
 Loading never unpickles anything: the network is rebuilt from the registry by name and the
 tensors are copied in, so a model file cannot run code.
@@ -18,6 +27,7 @@ tensors are copied in, so a model file cannot run code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +41,15 @@ from torch import nn
 
 from otrain._version import __version__
 from otrain.errors import ModelFileError, OtrainError
+from otrain.models.ensemble import member_probabilities, member_state, prefixed_state
 from otrain.models.networks import build_model
-from otrain.models.normalise import check_method, normalise
+from otrain.models.normalise import check_method
 from otrain.outputs import atomic_output
 
 FORMAT_NAME = "otrain-model"
-FORMAT_VERSION = 1
+#: Newest format read and written (2: ensembles and temperature; 1 is still read and written
+#: for plain single models).
+FORMAT_VERSION = 2
 METADATA_KEY = "otrain"
 CLASS_NAMES = ["bogus", "real"]
 _GENERIC_PREFIX = "ch"
@@ -68,24 +81,41 @@ def default_channel_names(count: int) -> list[str]:
 
 @dataclass
 class LoadedModel:
-    """A network in eval mode and the metadata it was saved with.
+    """A network (or ensemble) in eval mode and the metadata it was saved with.
 
     Attributes
     ----------
     model : torch.nn.Module
-        The network, on :attr:`device`, in eval mode.
+        The network, on :attr:`device`, in eval mode (member 0 of an ensemble).
     meta : dict
         The file's ``otrain`` metadata (see the module documentation).
     path : Path or None
         The file it was read from.
     device : torch.device
         Where the network lives.
+    members : list of torch.nn.Module
+        All networks (``[model]`` for a single model).
     """
 
     model: nn.Module
     meta: dict[str, Any]
     path: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    members: list[nn.Module] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [self.model]
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature (1 for uncalibrated / old files)."""
+        return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether the file holds more than one network."""
+        return len(self.members) > 1
 
     @property
     def channels(self) -> list[str]:
@@ -169,23 +199,28 @@ def _complete_meta(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("threshold", 0.5)
     out["class_names"] = list(CLASS_NAMES)
     out["format"] = FORMAT_NAME
-    out["format_version"] = FORMAT_VERSION
+    temperature = float(out.get("temperature", 1.0))
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise OtrainError(f"temperature must be a positive number, got {temperature}")
+    out["format_version"] = 2 if ("ensemble" in out or temperature != 1.0) else 1
     out["otrain_version"] = __version__
     out["torch_version"] = torch.__version__
     return out
 
 
-def save_model(path: str | Path, model: nn.Module, meta: Mapping[str, Any],
+def save_model(path: str | Path, model: nn.Module | Sequence[nn.Module], meta: Mapping[str, Any],
                overwrite: bool = False) -> Path:
-    """Write ``model`` and its metadata as one safetensors file, atomically.
+    """Write ``model`` (or an ensemble) and its metadata as one safetensors file, atomically.
 
     Parameters
     ----------
     path : str or Path
         Destination (``.safetensors``).
-    model : torch.nn.Module
+    model : torch.nn.Module or sequence of them
         A network from :func:`otrain.models.build_model` (its ``config`` fills ``architecture``,
-        ``in_channels``, ``input_size`` and ``dropout`` when ``meta`` lacks them).
+        ``in_channels``, ``input_size`` and ``dropout`` when ``meta`` lacks them), or the
+        members of an ensemble (same architecture; two or more are stored under ``member<i>.``
+        and ``meta["ensemble"]`` gains ``n_members``; one is stored as a single model).
     meta : mapping
         JSON-serialisable metadata; must give ``normalisation``; ``channels``, ``threshold``
         (0.5) and ``training`` are recommended. Versions and class names are added.
@@ -197,8 +232,18 @@ def save_model(path: str | Path, model: nn.Module, meta: Mapping[str, Any],
     Path
         The file written.
     """
-    full = _complete_meta(model, meta)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    members = [model] if isinstance(model, nn.Module) else list(model)
+    if not members:
+        raise OtrainError("no network to save")
+    meta = dict(meta)
+    if len(members) > 1:
+        meta["ensemble"] = {**dict(meta.get("ensemble") or {}), "n_members": len(members)}
+        tensors = prefixed_state(members)
+    else:
+        meta.pop("ensemble", None)
+        tensors = {k: v.detach().to("cpu").contiguous().clone()
+                   for k, v in members[0].state_dict().items()}
+    full = _complete_meta(members[0], meta)
     header = {METADATA_KEY: json.dumps(full, default=_json_default)}
     with atomic_output(path, overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -270,6 +315,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     path = Path(path)
     meta = read_metadata(path)
     dev = resolve_device(device)
+    ensemble = meta.get("ensemble")
+    try:
+        n_members = int(ensemble["n_members"]) if ensemble else 1
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError("unreadable 'ensemble' metadata (no n_members)", path) from None
+    if n_members < 1:
+        raise ModelFileError(f"ensemble of {n_members} members", path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    members = []
+    for i in range(n_members):
+        state = member_state(tensors, i) if ensemble else tensors
+        members.append(_rebuild(meta, state, path, f" (member {i})" if ensemble else "").to(dev))
+    return LoadedModel(model=members[0], meta=meta, path=path, device=dev, members=members)
+
+
+def _rebuild(meta: dict[str, Any], state: dict[str, torch.Tensor], path: Path,
+             which: str) -> nn.Module:
+    """A network of the recorded architecture with ``state`` loaded, in eval mode."""
     try:
         model = build_model(meta["architecture"], meta["in_channels"], meta["input_size"],
                             meta.get("dropout", 0.0))
@@ -277,20 +341,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ModelFileError(f"model metadata lacks {exc}", path) from None
     except OtrainError as exc:
         raise ModelFileError(f"cannot rebuild the network: {exc.reason}", path) from None
-    with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelFileError(f"weights do not match architecture '{meta['architecture']}': "
-                             f"{first}", path) from None
-    model.to(dev).eval()
-    return LoadedModel(model=model, meta=meta, path=path, device=dev)
+        raise ModelFileError(f"weights{which} do not match architecture "
+                             f"'{meta['architecture']}': {first}", path) from None
+    return model.eval()
 
 
-def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """P(real) for raw cutouts: the recorded normalisation, then the network in eval mode.
+def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512,
+                  mc_samples: int = 0, seed: int = 0) -> np.ndarray:
+    """Calibrated P(real) for raw cutouts: the mean over the members (and MC-dropout passes).
 
     Parameters
     ----------
@@ -300,34 +362,27 @@ def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512
         Raw (un-normalised) cutouts ``(N, C, H, W)``; ``(N, H, W)`` is accepted for 1 channel.
     batch_size : int, default 512
         Cutouts per forward pass.
+    mc_samples, seed : int, default 0
+        MC-dropout passes per member (0: none) and their seed
+        (:mod:`otrain.models.ensemble`).
 
     Returns
     -------
     numpy.ndarray
-        float64 ``(N,)``: softmax column 1.
+        float64 ``(N,)``: mean of ``softmax(logits / T)[:, 1]`` (for an old single-model file:
+        the softmax column 1, as before).
 
     Raises
     ------
     ModelFileError
         If the images' channels or size do not fit the model.
     """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4:
-        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
-    loaded.check_input(images.shape[1], images.shape[2:])
-    model = loaded.model
-    was_training = model.training
-    model.eval()
-    out = np.empty(images.shape[0], dtype=np.float64)
-    try:
-        with torch.no_grad():
-            for start in range(0, images.shape[0], batch_size):
-                batch = normalise(images[start : start + batch_size], loaded.normalisation)
-                logits = model(torch.from_numpy(batch).to(loaded.device))
-                prob = torch.softmax(logits.float(), dim=1)[:, 1]
-                out[start : start + batch.shape[0]] = prob.cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+    return predict_with_spread(loaded, images, batch_size, mc_samples, seed)[0]
+
+
+def predict_with_spread(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512,
+                        mc_samples: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_real, p_real_std)``: :func:`predict_proba` and the spread of the members / passes
+    (zeros for one network without MC-dropout)."""
+    p = member_probabilities(loaded, images, batch_size, mc_samples, seed)
+    return p.mean(axis=0), p.std(axis=0)

@@ -82,6 +82,19 @@ class TrainConfig:
     #: Local processes training together (DDP); 1: this process alone, or the process group
     #: of a torchrun launch.
     nproc: int = 1
+    #: Members of a deep ensemble (1: one network). Member ``i`` uses seed ``seed + i``
+    #: (:mod:`otrain.training.ensemble`).
+    ensemble: int = 1
+    #: Ensemble members early-stop on their own grouped split of the training rows (True) or
+    #: all on the shared validation rows (False).
+    member_splits: bool = True
+    #: Fit temperature scaling on the validation rows after training (stored in the model).
+    calibrate: bool = True
+    #: Choose the stored threshold on the validation rows (calibrated scores) so that their
+    #: false-negative rate is at most this (excludes ``threshold`` and ``target_fpr``).
+    target_fnr: float | None = None
+    #: As ``target_fnr``, for the false-positive rate.
+    target_fpr: float | None = None
 
     def validate(self) -> None:
         """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
@@ -104,6 +117,17 @@ class TrainConfig:
             raise OtrainError(f"workers must be >= 0, got {self.workers}")
         if self.nproc < 1:
             raise OtrainError(f"nproc must be at least 1, got {self.nproc}")
+        if self.ensemble < 1:
+            raise OtrainError(f"ensemble must have at least 1 member, got {self.ensemble}")
+        for name in ("target_fnr", "target_fpr"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise OtrainError(f"{name.replace('_', ' ')} must be in [0, 1), got {value}")
+        if self.target_fnr is not None and self.target_fpr is not None:
+            raise OtrainError("give a target FNR or a target FPR, not both")
+        if (self.target_fnr is not None or self.target_fpr is not None) and \
+                self.threshold != 0.5:
+            raise OtrainError("give a threshold or a target FNR / FPR, not both")
         if self.arch != AUTO and self.arch not in available_architectures():
             raise OtrainError(f"unknown architecture '{self.arch}'; choose from auto, "
                               f"{', '.join(available_architectures())}")

@@ -1,4 +1,5 @@
-"""Scoring during and after training: predictions of split rows, validation numbers, metrics.
+"""Scoring during and after training: predictions of split rows and the validation numbers
+(the final metrics: :func:`otrain.training.ensemble.calibrate_and_measure`).
 
 With several processes (:mod:`otrain.training.ddp`) each rank scores a contiguous part of the
 rows and the logits are gathered, in order, on every rank, so every rank computes the same
@@ -7,17 +8,13 @@ numbers from the same logits.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from otrain.metrics import binary_metrics
 from otrain.training.ddp import DistContext
-from otrain.training.outputs import class_sizes
-from otrain.training.splits import Split, SplitImages
+from otrain.training.splits import SplitImages
 
 
 def predict(model: nn.Module, source: SplitImages, rows: np.ndarray, dev: torch.device,
@@ -50,30 +47,3 @@ def evaluate(logits: torch.Tensor, y: np.ndarray, weight: torch.Tensor,
     acc = float(np.mean((p > threshold) == y)) if y.size else float("nan")
     auc = float(roc_auc_score(y, p)) if np.unique(y).size == 2 else float("nan")
     return loss, acc, auc
-
-
-def final_metrics(model: nn.Module, source: SplitImages, split: Split, y_all: np.ndarray,
-                  threshold: float, best_epoch: int, epochs_run: int, ctx: DistContext,
-                  dev: torch.device, batch_size: int) -> dict[str, Any]:
-    """The content of ``metrics.json``: sizes, validation and test metrics of ``model``.
-
-    Returns
-    -------
-    dict
-        ``threshold``, ``best_epoch``, ``epochs_run``, ``sizes`` (per part) and the
-        :func:`~otrain.metrics.binary_metrics` of ``validation`` and ``test``
-        (None for an empty part).
-    """
-    metrics: dict[str, Any] = {"threshold": threshold, "best_epoch": best_epoch,
-                               "epochs_run": epochs_run,
-                               "sizes": {n: class_sizes(y_all[rows]) for n, rows in (
-                                   ("train", split.train), ("validation", split.val),
-                                   ("test", split.test))}}
-    for name, rows in (("validation", split.val), ("test", split.test)):
-        if rows.size == 0:
-            metrics[name] = None
-            continue
-        logits = predict_all(model, source, rows, ctx, dev, batch_size)
-        p = torch.softmax(logits, 1)[:, 1].numpy()
-        metrics[name] = binary_metrics(y_all[rows], p, threshold)
-    return metrics

@@ -7,9 +7,15 @@ Everything lands in ``<model_path>/CNN_training/<model_name>/`` (the original O'
     history.csv                                epoch, train_loss, train_acc, val_loss, val_acc,
                                                val_auc, seconds
     <model_name>_loss_vs_epochs.png, <model_name>_accuracy_vs_epochs.png
-    metrics.json                               validation and test metrics at the threshold, sizes
+    metrics.json                               validation and test metrics at the threshold, sizes,
+                                               calibration (ECE / Brier before and after),
+                                               test FNR / FPR with Wilson 95% intervals
     validation_set/datacube/cube_validation.h5 the validation rows (for otrain-diagnostics, ...)
     test_set/datacube/cube_test.h5             the held-out test rows (when test_frac > 0)
+
+Ensembles, temperature scaling and the threshold choice: :mod:`otrain.training.ensemble`
+(members train one after another, each checkpointed in ``checkpoint_member<i>.pt``; history.csv
+then starts with a ``member`` column).
 
 Data: images are read through :meth:`otrain.datacube.Datacube.read` in sorted batches. When the
 labelled rows take at most ``memory_limit_gb`` (2 GB by default) they are read and normalised once
@@ -52,7 +58,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +73,10 @@ from otrain.models.modelfile import load_model
 from otrain.models.networks import build_model, count_parameters
 from otrain.progress import Progress, info
 from otrain.training import ddp as distributed
+from otrain.training import ensemble as ens
 from otrain.training.config import TrainConfig, epoch_lr, resolve_for_cube, resolve_schedule
 from otrain.training.ddp import DistContext
-from otrain.training.evaluate import evaluate, final_metrics, predict_all
+from otrain.training.evaluate import evaluate, predict_all
 from otrain.training.outputs import (
     HISTORY_COLUMNS,
     RESUME_KEYS,
@@ -85,8 +92,6 @@ from otrain.training.splits import (
     SplitImages,
     epoch_plan,
     epoch_torch_seed,
-    group_values,
-    split_indices,
 )
 
 __all__ = ["HISTORY_COLUMNS", "RESUME_KEYS", "TrainConfig", "TrainResult", "resumable_settings",
@@ -202,7 +207,7 @@ def _check_fresh(model_path: str | Path, model_name: str, config: TrainConfig,
         if (root / f"{model_name}.safetensors").exists():
             raise OtrainError("already exists; pass --overwrite to replace it or --resume to "
                               "continue its training", root / f"{model_name}.safetensors")
-        if (root / "checkpoint.pt").exists():
+        if (root / "checkpoint.pt").exists() or any(root.glob("checkpoint_member*.pt")):
             raise OtrainError("holds an earlier, possibly unfinished training (checkpoint.pt); "
                               "pass --resume to continue it or --overwrite to start again", root)
     return root
@@ -220,36 +225,62 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
             dev = ctx.device(config.device)
             cube = stack.enter_context(open_datacube(cube_path))
             config = resolve_for_cube(config, cube.channels, cube.attrs.get("source"))
-            st = _prepare(cube, root / "checkpoint.pt", config, ctx, dev, quiet)
-            config = resolve_schedule(config, st.split.train.size)
-            info(f"at most {config.epochs} epochs, early stopping after "
-                 f"{config.patience or 'no'} epochs without a lower validation loss", quiet)
+            groups, y_all, split = ens.shared_split(cube, config, quiet)
+            source = SplitImages(cube, np.concatenate([split.train, split.val, split.test]),
+                                 config.normalise,
+                                 config.memory_limit_gb * 1e9 / ctx.local_world_size)
         except Exception as exc:
             ctx.agree(exc)
             raise
         ctx.agree(None)
-        _run_epochs(st, root / "checkpoint.pt", config, ctx, dev, quiet)
-        st.net.load_state_dict(st.best_state)
-        metrics = final_metrics(st.net, st.source, st.split, st.y_all, config.threshold,
-                                st.best_epoch, len(st.history), ctx, dev, config.batch_size)
-        result = write_outputs(cube, cube_path, root, model_name, st.net, st.split,
-                               asdict(config), st.history, st.best_epoch, metrics,
-                               ctx.world_size, write=ctx.is_main)
+        states, members = [], []
+        for i in range(config.ensemble):
+            ckpt = ens.checkpoint_path(root, config, i)
+            try:
+                msplit = ens.member_split(y_all, split, config, i, groups)
+                mconf = resolve_schedule(replace(config, seed=ens.member_seed(config.seed, i)),
+                                         msplit.train.size)
+                info(f"ensemble member {i + 1}/{config.ensemble} (seed {mconf.seed})",
+                     quiet or config.ensemble == 1)
+                st = _prepare(cube, ckpt, mconf, ctx, dev, quiet, msplit, y_all, source)
+            except Exception as exc:
+                ctx.agree(exc)
+                raise
+            ctx.agree(None)
+            _run_epochs(st, ckpt, mconf, ctx, dev, quiet)
+            st.net.load_state_dict(st.best_state)
+            states.append(st)
+            members.append({"seed": mconf.seed, "split_sizes": msplit.sizes(),
+                            "split": "own" if msplit is not split and config.member_splits
+                            else "shared", "best_epoch": st.best_epoch,
+                            "epochs_run": len(st.history), "epochs_cap": mconf.epochs,
+                            "patience": mconf.patience})
+            if i == 0:  # the recorded settings: member 0's epoch cap and patience
+                resolved = (mconf.epochs, mconf.patience)
+        config = replace(config, epochs=resolved[0], patience=resolved[1])
+        nets = [st.net for st in states]
+        extra, metrics = ens.calibrate_and_measure(nets, source, split, y_all, config, ctx, dev)
+        for m, row in zip(members, metrics.pop("members"), strict=True):
+            m.update(row)
+        if config.ensemble > 1:
+            extra["ensemble"] = {"members": members, "combination": "mean of the members' "
+                                 "softmax(logits / temperature)"}
+            metrics["members"] = members
+        history = [{**row, "member": i} if config.ensemble > 1 else row
+                   for i, st in enumerate(states) for row in st.history]
+        metrics = {"threshold": metrics.pop("threshold"), "best_epoch": states[0].best_epoch,
+                   "epochs_run": len(states[0].history), **metrics}
+        result = write_outputs(cube, cube_path, root, model_name, nets, split,
+                               asdict(config), history, states[0].best_epoch, metrics,
+                               ctx.world_size, write=ctx.is_main, extra_meta=extra)
         info(f"model written to {result.model_file}", quiet)
     return result
 
 
 def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistContext,
-             dev: torch.device, quiet: bool) -> _State:
-    """Split, network, optimizer, images, and the state of the checkpoint when resuming."""
-    groups = group_values(cube, config.group_by)
-    if groups is None and "objectId" in cube.table.colnames:
-        repeated = len(cube) - np.unique(np.asarray(cube.table["objectId"])).size
-        if repeated:
-            info(f"note: {repeated} cutouts share their objectId with another; --group-by "
-                 "objectId keeps each object on one side of the split", quiet)
-    y_all = cube.labels
-    split = split_indices(y_all, config.val_frac, config.test_frac, config.seed, groups)
+             dev: torch.device, quiet: bool, split: Split, y_all: np.ndarray,
+             source: SplitImages) -> _State:
+    """Network, optimizer, and the state of the checkpoint when resuming, for one split."""
     c, h, w = cube.image_shape
     torch.manual_seed(config.seed)
     net = build_model(config.arch, c, (h, w), config.dropout).to(dev)
@@ -273,13 +304,12 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
         for row in history:
             row["epoch"] = int(row["epoch"])
         info(f"resuming after epoch {start} (best epoch {best_epoch})", quiet)
-    source = SplitImages(cube, np.concatenate([split.train, split.val, split.test]),
-                         config.normalise, config.memory_limit_gb * 1e9 / ctx.local_world_size)
     procs = (f"; {ctx.world_size} processes ({ctx.backend}), global batch {config.batch_size}"
              if ctx.distributed else "")
     info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
          f"{count_parameters(net):,} parameters, on {dev}{procs}; images "
-         f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
+         f"{'in memory' if source.data is not None else 'read lazily'}; at most "
+         f"{config.epochs} epochs, patience {config.patience or 'none'}", quiet)
     return _State(split, y_all, source, net, opt, class_w, 8 if h == w else 4, history, start,
                   best_epoch, best_loss, bad, best_state)
 

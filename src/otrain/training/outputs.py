@@ -130,12 +130,15 @@ def load_checkpoint(path: Path, config: dict[str, Any], split: Split,
 # History, plots, final outputs
 # ------------------------------------------------------------------------------------------
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """Write ``history.csv`` (:data:`HISTORY_COLUMNS`)."""
+    """Write ``history.csv`` (:data:`HISTORY_COLUMNS`, after a ``member`` column for the rows
+    of an ensemble)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(HISTORY_COLUMNS)
+    member = bool(history) and "member" in history[0]
+    writer.writerow((("member",) if member else ()) + HISTORY_COLUMNS)
     for row in history:
-        writer.writerow([int(row["epoch"])] + [f"{row[k]:.6g}" for k in HISTORY_COLUMNS[1:]])
+        writer.writerow(([int(row["member"])] if member else []) + [int(row["epoch"])] +
+                        [f"{row[k]:.6g}" for k in HISTORY_COLUMNS[1:]])
     write_text_atomic(path, buf.getvalue(), overwrite=True)
 
 
@@ -144,11 +147,17 @@ def plot_history(path: Path, history: list[dict[str, float]], key: str, ylabel: 
     """Plot ``train_<key>`` and ``val_<key>`` against the epoch into a PNG."""
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    epochs = [row["epoch"] for row in history]
-    ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
-    ax.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
+    members = sorted({int(row.get("member", 0)) for row in history})
+    for m in members:  # one pair of curves per ensemble member
+        rows = [row for row in history if int(row.get("member", 0)) == m]
+        epochs = [row["epoch"] for row in rows]
+        tag = f" (member {m})" if len(members) > 1 else ""
+        ax.plot(epochs, [row[f"train_{key}"] for row in rows], "o-", label=f"train{tag}")
+        ax.plot(epochs, [row[f"val_{key}"] for row in rows], "s-",
+                label=f"validation{tag}")
     if best_epoch:
-        ax.axvline(best_epoch, color="gray", ls=":", label=f"best epoch ({best_epoch})")
+        ax.axvline(best_epoch, color="gray", ls=":", label=f"best epoch ({best_epoch})"
+                   + (" of member 0" if len(members) > 1 else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -166,9 +175,10 @@ def class_sizes(y: np.ndarray) -> dict[str, int]:
 
 
 def write_outputs(cube: Datacube, cube_path: str | Path, root: Path, model_name: str,
-                  model: nn.Module, split: Split, config: dict[str, Any],
+                  model: nn.Module | list[nn.Module], split: Split, config: dict[str, Any],
                   history: list[dict[str, float]], best_epoch: int, metrics: dict[str, Any],
-                  world_size: int = 1, write: bool = True) -> TrainResult:
+                  world_size: int = 1, write: bool = True,
+                  extra_meta: dict[str, Any] | None = None) -> TrainResult:
     """Write the model file, history, plots, metrics and the validation / test cubes.
 
     Parameters
@@ -179,8 +189,9 @@ def write_outputs(cube: Datacube, cube_path: str | Path, root: Path, model_name:
         The model folder.
     model_name : str
         Name of the model.
-    model : nn.Module
-        The network with the weights to save (moved to the CPU and back).
+    model : nn.Module or list of them
+        The network (or ensemble members) with the weights to save (moved to the CPU and
+        back).
     split : Split
         The split of the run.
     config : dict
@@ -191,6 +202,9 @@ def write_outputs(cube: Datacube, cube_path: str | Path, root: Path, model_name:
         Number of training processes (recorded).
     write : bool, default True
         False on ranks other than 0: only the paths are returned.
+    extra_meta : dict, optional
+        Model-file metadata to add (temperature, threshold and its choice, calibration,
+        ensemble members: :func:`otrain.training.ensemble.calibrate_and_measure`).
 
     Returns
     -------
@@ -203,20 +217,22 @@ def write_outputs(cube: Datacube, cube_path: str | Path, root: Path, model_name:
              root / f"{model_name}_accuracy_vs_epochs.png"]
     val_cube = root / "validation_set/datacube/cube_validation.h5"
     test_cube = root / "test_set/datacube/cube_test.h5" if split.test.size else None
+    nets = [model] if isinstance(model, nn.Module) else list(model)
     if write:
-        _write_files(cube, cube_path, root, model_name, model, split, config, history,
-                     best_epoch, metrics, world_size)
-    return TrainResult(folder=root, model_file=model_file, checkpoint=root / "checkpoint.pt",
+        _write_files(cube, cube_path, root, model_name, nets, split, config, history,
+                     best_epoch, metrics, world_size, extra_meta or {})
+    ckpt = root / ("checkpoint.pt" if len(nets) == 1 else "checkpoint_member0.pt")
+    return TrainResult(folder=root, model_file=model_file, checkpoint=ckpt,
                        history_csv=history_csv, metrics_json=metrics_json, plots=plots,
                        validation_cube=val_cube, test_cube=test_cube, metrics=metrics,
                        history=history, best_epoch=best_epoch, epochs_run=len(history))
 
 
 def _write_files(cube: Datacube, cube_path: str | Path, root: Path, model_name: str,
-                 model: nn.Module, split: Split, config: dict[str, Any],
+                 nets: list[nn.Module], split: Split, config: dict[str, Any],
                  history: list[dict[str, float]], best_epoch: int, metrics: dict[str, Any],
-                 world_size: int) -> None:
-    dev = next(model.parameters()).device
+                 world_size: int, extra_meta: dict[str, Any]) -> None:
+    dev = next(nets[0].parameters()).device
     meta = {
         "architecture": config["arch"], "in_channels": cube.image_shape[0],
         "channels": cube.channels, "input_size": list(cube.image_shape[1:]),
@@ -230,9 +246,12 @@ def _write_files(cube: Datacube, cube_path: str | Path, root: Path, model_name: 
             "best_epoch": best_epoch, "world_size": world_size, "config": config,
             "metrics": {"validation": metrics["validation"], "test": metrics["test"]},
         },
+        **extra_meta,
     }
-    save_model(root / f"{model_name}.safetensors", model.cpu(), meta, overwrite=True)
-    model.to(dev)
+    save_model(root / f"{model_name}.safetensors", [net.cpu() for net in nets], meta,
+               overwrite=True)
+    for net in nets:
+        net.to(dev)
     write_history(root / "history.csv", history)
     plot_history(root / f"{model_name}_loss_vs_epochs.png", history, "loss",
                  "loss (cross-entropy)", f"{model_name}: loss", best_epoch)

@@ -288,6 +288,8 @@ def infer_distributed(
     chunk_size: int = 2000,
     retries: int = 2,
     client: Any = None,
+    mc_samples: int = 0,
+    seed: int = 0,
 ) -> InferResult:
     """:func:`otrain.inference.infer` on a Dask cluster; the rows are written as they come.
 
@@ -305,6 +307,9 @@ def infer_distributed(
         As :func:`iter_distributed_scores`.
     client : distributed.Client, optional
         An existing client to use (left open).
+    mc_samples, seed : int, default 0
+        MC-dropout is refused on Dask (``mc_samples > 0``): its masks are drawn in the order
+        the batches are scored, which Dask does not fix. Ensembles score as in one process.
 
     Returns
     -------
@@ -312,6 +317,10 @@ def infer_distributed(
         The report (``output`` set); ``table`` is empty (zero rows): the rows went to the file.
         :func:`score_distributed` keeps them in memory instead.
     """
+    if mc_samples:
+        raise OtrainError("--mc-samples is not available with --scheduler (Dask): the dropout "
+                          "masks follow the order in which batches are scored, which Dask does "
+                          "not fix; score in one process")
     out = Path(output) if output is not None else default_output(source)
     fmt = output_format(out)
     check_writable(out, overwrite)

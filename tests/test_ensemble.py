@@ -1,0 +1,281 @@
+"""Deep ensembles, temperature scaling, the operating point and MC-dropout (issue 12).
+
+Tiny synthetic cubes (16x16), 1-2 epochs: these check the plumbing and the arithmetic, not the
+quality (benchmarks/ztf.py measures that).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from astropy.table import Table
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from conftest import assert_clean_error, run_cli
+from otrain.datacube.hdf5 import open_datacube
+from otrain.errors import OtrainError
+from otrain.inference.core import score_datacube
+from otrain.inference.scoring import Scorer
+from otrain.metrics import (
+    binary_metrics,
+    brier_score,
+    expected_calibration_error,
+    threshold_for_target,
+    wilson_interval,
+)
+from otrain.models.ensemble import fit_temperature, logits_probabilities, member_state
+from otrain.models.modelfile import load_model, predict_proba, predict_with_spread, save_model
+from otrain.models.networks import build_model
+from otrain.models.normalise import normalise
+from otrain.training.config import TrainConfig
+from otrain.training.loop import HISTORY_COLUMNS, train
+from test_training import make_cube
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FAST = {"batch_size": 64, "patience": None}
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cube(tmp_path_factory.mktemp("ens") / "cube.h5", n=240, groups=60)
+
+
+@pytest.fixture(scope="module")
+def ensemble(cube: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("ens_model")
+    cfg = TrainConfig(epochs=2, seed=3, ensemble=2, group_by="objectId", target_fnr=0.1,
+                      **FAST)
+    return train(cube, root, "ens", cfg, quiet=True)
+
+
+# ------------------------------------------------------------------------------------------
+# metrics
+# ------------------------------------------------------------------------------------------
+def test_ece_brier_and_wilson() -> None:
+    y = np.array([0, 0, 1, 1])
+    assert expected_calibration_error(y, [0.0, 0.0, 1.0, 1.0]) == 0.0
+    assert brier_score(y, [0.0, 0.0, 1.0, 1.0]) == 0.0
+    # all in one bin at 0.75, half real: ECE = |0.5 - 0.75|
+    assert expected_calibration_error(y, [0.75] * 4) == pytest.approx(0.25)
+    assert brier_score(y, [0.5] * 4) == pytest.approx(0.25)
+    lo, hi = wilson_interval(0, 10)
+    assert float(lo) == 0.0 and 0.25 < float(hi) < 0.35  # 95% Wilson upper bound 0.278
+    lo, hi = wilson_interval(5, 10)
+    assert float(lo) == pytest.approx(1 - float(hi))
+
+
+def test_target_threshold_meets_the_rate() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(0.35 * y + 0.65 * rng.random(400), 0, 1)
+    for target in (0.0, 0.02, 0.1, 0.3):
+        t = threshold_for_target(y, p, target_fnr=target)
+        m = binary_metrics(y, p, t)
+        assert m["fnr"] <= target
+        # the next higher score would break the target: the threshold is as high as allowed
+        above = np.sort(p[p > t])
+        assert above.size == 0 or binary_metrics(y, p, above[0])["fnr"] > target
+        t = threshold_for_target(y, p, target_fpr=target)
+        assert binary_metrics(y, p, t)["fpr"] <= target
+    with pytest.raises(OtrainError, match="one of"):
+        threshold_for_target(y, p)
+
+
+def test_calibration_lowers_the_ece_of_an_overconfident_model() -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    # classes N(+-1, 1) in a score x: the calibrated log-odds are 2x, made over-confident 10x
+    x = rng.normal(0.0, 1.0, n) + np.where(y == 1, 1.0, -1.0)
+    logits = 10 * np.stack([-x, x], axis=1)
+    before = expected_calibration_error(y, logits_probabilities(logits))
+    t = fit_temperature(logits, y)
+    after = expected_calibration_error(y, logits_probabilities(logits, t))
+    assert 7 < t < 13  # recovers the factor 10
+    assert after < before / 3 and after < 0.03
+    assert brier_score(y, logits_probabilities(logits, t)) < \
+        brier_score(y, logits_probabilities(logits))
+
+
+# ------------------------------------------------------------------------------------------
+# ensemble file
+# ------------------------------------------------------------------------------------------
+def test_ensemble_file_is_the_mean_of_its_members(ensemble, cube: Path, tmp_path: Path) -> None:
+    loaded = load_model(ensemble.model_file)
+    assert loaded.is_ensemble and len(loaded.members) == 2
+    assert loaded.model is loaded.members[0]
+    meta = loaded.meta
+    assert meta["ensemble"]["n_members"] == 2 and meta["format_version"] == 2
+    assert [m["seed"] for m in meta["ensemble"]["members"]] == [3, 4]
+    assert all(m["split"] == "own" for m in meta["ensemble"]["members"])
+    t = loaded.temperature
+    assert t > 0 and t != 1.0 and meta["threshold_choice"]["method"] == "target_fnr"
+    with open_datacube(cube) as c:
+        images = c.read(np.arange(40))
+    # each member as its own single-model file, scored one by one
+    with safe_open(str(ensemble.model_file), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    singles = []
+    for i in range(2):
+        net = build_model(meta["architecture"], meta["in_channels"], meta["input_size"])
+        net.load_state_dict(member_state(tensors, i))
+        single = {k: v for k, v in meta.items() if k not in ("ensemble", "temperature")}
+        path = save_model(tmp_path / f"m{i}.safetensors", net, single)
+        one = load_model(path)
+        assert not one.is_ensemble and one.temperature == 1.0
+        x = torch.from_numpy(normalise(images, one.normalisation))
+        with torch.no_grad():
+            singles.append(logits_probabilities(one.model(x), t))
+    p, std = predict_with_spread(loaded, images)
+    assert np.allclose(p, np.mean(singles, axis=0), atol=1e-6)
+    assert np.allclose(std, np.std(singles, axis=0), atol=1e-6) and std.max() > 0
+    assert np.array_equal(predict_proba(loaded, images), p)
+    # the inference path (one frozen graph per member) agrees and adds p_real_std
+    table = score_datacube(cube, loaded, quiet=True).table
+    cols = table.colnames
+    assert cols.index("p_real_std") == cols.index("label1") + 1
+    full = predict_with_spread(loaded, open_datacube(cube).read(np.arange(len(table))))
+    assert np.allclose(table["label1"], full[0], atol=1e-5)
+    assert np.allclose(table["p_real_std"], full[1], atol=1e-5)
+
+
+def test_training_outputs_of_an_ensemble(ensemble) -> None:
+    root = ensemble.folder
+    for i in range(2):
+        assert (root / f"checkpoint_member{i}.pt").is_file()
+    lines = (root / "history.csv").read_text().splitlines()
+    assert lines[0] == ",".join(("member", *HISTORY_COLUMNS)) and len(lines) == 1 + 2 * 2
+    metrics = json.loads((root / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["temperature"] == pytest.approx(load_model(ensemble.model_file).temperature)
+    for part in ("validation", "test"):
+        for when in ("before", "after"):
+            assert 0 <= cal[part][when]["ece"] <= 1 and 0 <= cal[part][when]["brier"] <= 1
+    # temperature fitted on the validation rows lowers (or keeps) their NLL, so Brier too
+    # mostly; ECE is what the user reads: both are reported
+    assert metrics["threshold_choice"]["validation_fnr"] <= 0.1
+    assert metrics["validation"]["fnr"] <= 0.1
+    rates = metrics["test_error_rates"]
+    assert rates["fnr_low"] <= rates["fnr"] <= rates["fnr_high"]
+    assert rates["fpr_low"] <= rates["fpr"] <= rates["fpr_high"]
+    assert len(metrics["members"]) == 2
+    # validation rows (shared) are held out from every member's own split
+    assert sum(metrics["members"][0]["split_sizes"].values()) == metrics["sizes"]["train"]["n"]
+
+
+def test_threshold_and_temperature_survive_save_and_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    nets = [build_model("otrain", 1, (16, 16), 0.3) for _ in range(3)]
+    meta = {"normalisation": "zscore", "threshold": 0.37, "temperature": 1.7,
+            "threshold_choice": {"method": "target_fpr", "target": 0.05},
+            "ensemble": {"members": [{"seed": s} for s in range(3)]}}
+    path = save_model(tmp_path / "e.safetensors", nets, meta)
+    loaded = load_model(path)
+    assert loaded.threshold == 0.37 and loaded.temperature == 1.7
+    assert loaded.meta["threshold_choice"] == {"method": "target_fpr", "target": 0.05}
+    assert len(loaded.members) == 3 and loaded.meta["ensemble"]["n_members"] == 3
+    for net, back in zip(nets, loaded.members, strict=True):
+        for k, v in net.state_dict().items():
+            assert torch.equal(v, back.state_dict()[k])
+
+
+def test_old_single_model_file_scores_as_before(tmp_path: Path) -> None:
+    """A file as format 1 wrote it (hand-built metadata without the new keys)."""
+    torch.manual_seed(1)
+    net = build_model("otrain", 1, (16, 16), 0.3).eval()
+    meta = {"format": "otrain-model", "format_version": 1, "architecture": "otrain",
+            "in_channels": 1, "channels": ["diff"], "input_size": [16, 16], "dropout": 0.3,
+            "normalisation": "zscore", "threshold": 0.5, "class_names": ["bogus", "real"]}
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"otrain": json.dumps(meta)})
+    loaded = load_model(path)
+    assert loaded.temperature == 1.0 and len(loaded.members) == 1
+    images = np.random.default_rng(0).normal(size=(20, 1, 16, 16)).astype(np.float32)
+    with torch.no_grad():  # exactly the old predict_proba: float32 softmax column 1
+        old = torch.softmax(net(torch.from_numpy(normalise(images, "zscore"))).float(),
+                            dim=1)[:, 1].numpy().astype(np.float64)
+    assert np.array_equal(predict_proba(loaded, images), old)
+    probs = Scorer(loaded, (1, 16, 16))(normalise(images, "zscore"))
+    assert probs.shape == (20, 2) and np.allclose(probs[:, 1], old, atol=1e-6)
+    # a newly written plain single model is still format 1
+    again = save_model(tmp_path / "new.safetensors", net, {"normalisation": "zscore"})
+    assert load_model(again).meta["format_version"] == 1
+
+
+def test_mc_dropout_spread_is_seeded(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    net = build_model("otrain", 1, (16, 16), 0.5)
+    path = save_model(tmp_path / "one.safetensors", net, {"normalisation": "zscore"})
+    loaded = load_model(path)
+    images = np.random.default_rng(3).normal(size=(30, 1, 16, 16)).astype(np.float32)
+    p0, s0 = predict_with_spread(loaded, images)
+    assert np.all(s0 == 0)
+    p1, s1 = predict_with_spread(loaded, images, mc_samples=8, seed=5)
+    p2, s2 = predict_with_spread(loaded, images, mc_samples=8, seed=5)
+    _, s3 = predict_with_spread(loaded, images, mc_samples=8, seed=6)
+    assert s1.max() > 0 and np.array_equal(s1, s2) and np.array_equal(p1, p2)
+    assert not np.array_equal(s1, s3)
+    assert not loaded.model.training  # eval mode restored
+    assert np.array_equal(predict_proba(loaded, images), p0)  # deterministic again
+
+
+def test_bad_settings_are_refused(cube: Path, tmp_path: Path) -> None:
+    for kwargs, fragment in (({"ensemble": 0}, "at least 1 member"),
+                             ({"target_fnr": 0.1, "target_fpr": 0.1}, "not both"),
+                             ({"target_fnr": 0.1, "threshold": 0.7}, "not both"),
+                             ({"target_fpr": 1.5}, "target fpr")):
+        with pytest.raises(OtrainError, match=fragment):
+            train(cube, tmp_path, "bad", TrainConfig(epochs=1, **kwargs), quiet=True)
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------
+def test_cli_train_ensemble_and_infer(cube: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base = ["otrain-train", "--cube", str(cube), "--model-path", str(tmp_path), "--epochs", "1",
+            "--batch-size", "64", "--group-by", "objectId"]
+    proc = run_cli(*base, "--model-name", "e2", "--ensemble", "2", "--target-fpr", "0.2",
+                   check=True)
+    assert "temperature" in proc.stdout and "ECE" in proc.stdout
+    assert "target fpr 0.2 on the validation rows" in proc.stdout and "95% Wilson" in proc.stdout
+    model = tmp_path / "CNN_training" / "e2" / "e2.safetensors"
+    assert len(load_model(model).members) == 2
+    bad = run_cli(*base, "--model-name", "x", "--threshold", "0.3", "--target-fnr", "0.1")
+    assert bad.returncode == 2 and "not allowed with argument" in bad.stderr
+    out = tmp_path / "scores.dat"
+    run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(model), "--output", str(out),
+            "--quiet", check=True)
+    table = Table.read(out, format="ascii.commented_header")
+    assert table.colnames[:14] == ["filename", "RA", "Dec", "originalFile", "Xpos", "Ypos",
+                                   "mag", "magerr", "FWHM", "FWHMPSF", "cand_ID", "label0",
+                                   "label1", "p_real_std"]
+    assert len(table) == 240 and np.all(np.asarray(table["p_real_std"]) >= 0)
+    # MC-dropout on one model: reproducible with --seed
+    run_cli(*base, "--model-name", "one", "--quiet", check=True)
+    one = tmp_path / "CNN_training" / "one" / "one.safetensors"
+    tabs = []
+    for seed, name in ((4, "a.csv"), (4, "b.csv"), (9, "c.csv")):
+        run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(one), "--output",
+                str(tmp_path / name), "--mc-samples", "4", "--seed", str(seed), "--quiet",
+                check=True)
+        tabs.append(Table.read(tmp_path / name))
+    assert np.max(tabs[0]["p_real_std"]) > 0
+    assert np.array_equal(tabs[0]["p_real_std"], tabs[1]["p_real_std"])
+    assert not np.array_equal(tabs[0]["p_real_std"], tabs[2]["p_real_std"])
+    plain = tmp_path / "plain.csv"
+    run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(one), "--output", str(plain),
+            "--quiet", check=True)
+    assert "p_real_std" not in Table.read(plain).colnames  # single model: the old layout
+    assert_clean_error(run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(one),
+                               "--output", str(tmp_path / "d.csv"), "--mc-samples", "-1"),
+                       "mc-samples")
+    assert math.isfinite(load_model(one).temperature)
