@@ -1,6 +1,7 @@
 """Defaults of issue 12: ``--epochs auto`` (a budget in optimiser steps with early stopping),
 ``--arch auto`` (vgg6 on alert cubes, O'TRAIN's network otherwise), an explicit ``--epochs N``
-keeping its meaning, and ``otrain-convert --alerts`` keeping every labelled alert by default.
+keeping its meaning, and ``otrain-convert --alerts`` keeping every labelled alert and the
+central 41x41 by default.
 
 Tiny synthetic cubes (tests/test_training.py's generator); the alert tests use a subset of the
 shared real ZTF alerts (skipped when they are absent).
@@ -17,6 +18,7 @@ import pytest
 from conftest import make_labelled_folder, run_cli
 from otrain.datacube.hdf5 import open_datacube, write_datacube
 from otrain.errors import OtrainError
+from otrain.inference.core import infer
 from otrain.models.modelfile import read_metadata
 from otrain.training import config as config_module
 from otrain.training.config import TrainConfig, auto_schedule, resolve_for_cube, resolve_schedule
@@ -111,6 +113,13 @@ def test_convert_defaults_alerts_keep_all_cutouts_balance(tmp_path):
         assert int(np.sum(cube.labels == 1)) == int(np.sum(scores >= 0.5))
         assert int(np.sum(cube.labels == 0)) == int(np.sum(scores < 0.5))
         assert len(cube) == scores.size  # every labelled alert, none sub-sampled
+        assert cube.image_shape == (1, 41, 41)  # the central 41x41 of the 63x63 stamps
+    # the default path end to end: a model of the 41x41 cube scores the 63x63 alert packets
+    model = train(tmp_path / "datacube" / "a.h5", tmp_path, "m",
+                  TrainConfig(epochs=1, group_by="objectId", test_frac=0.0), quiet=True)
+    assert read_metadata(model.model_file)["input_size"] == [41, 41]
+    table = infer(tmp_path / "subset.avro", model.model_file, quiet=True).table
+    assert len(table) == len(drb) and np.isfinite(np.asarray(table["label1"])).all()
     report = json.loads((tmp_path / "datacube" / "a.report.json").read_text())
     assert report["frac_true"] is None
     # cutout folders keep O'TRAIN's 0.5
