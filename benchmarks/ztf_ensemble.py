@@ -178,6 +178,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "object_splits", "night_holdout"),
                         default="all", help="run one part only (two processes can run the two "
                         "parts at once; each updates its own key of --out)")
+    parser.add_argument("--singles-first", action="store_true",
+                        help="train every single-model seed before the ensembles")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="1 split, 1 night seed, 2 members, 1 epoch (a smoke run)")
@@ -222,8 +224,10 @@ def main() -> None:
         plan += [("night_holdout/ensemble", s, args.members)
                  for s in range(args.night_ensemble_seeds)]
         plan = [p for p in plan if args.part in ("all", p[0].split("/")[0])]
-        # interleaved so that a run stopped early still covers every configuration
-        plan.sort(key=lambda item: (item[1], item[0].startswith("night"), item[2]))
+        # interleaved so that a run stopped early still covers every configuration (or every
+        # single-model seed first, for the seed-to-seed spread)
+        plan.sort(key=lambda item: (item[2], item[1]) if args.singles_first else
+                  (item[1], item[0].startswith("night"), item[2]))
         runs: dict[str, list[dict[str, Any]]] = {}
         for key, seed, members in plan:
             night = key.startswith("night")
