@@ -5,8 +5,8 @@ folder went away), by scoring only (no training).
 Writes ``benchmarks/results/ztf_recalibrate.json``. For every model folder it scores the
 validation rows (``validation_set/``: the rows temperature and threshold were fitted on), the
 evaluation rows (the folder's ``test_set/`` for object-wise splits; ``--night-test``, every
-other night, for the night hold-out models) and ztf_extra's alerts (``--extra``), and compares, on the evaluation
-rows:
+other night, for the night hold-out models) and ztf_extra's alerts (``--extra``), and
+compares, on the evaluation rows:
 
 * ``stored``: the model as saved (temperature scaling, threshold 0.5);
 * ``prior``: the class-weighted training made the network's P(real) that of a balanced set, and
