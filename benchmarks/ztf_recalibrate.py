@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ztf_recalibrate.json")
     args = parser.parse_args()
     rows = [one_model(f, args.night_test, args.extra) for f in sorted(args.models.iterdir())
-            if f.is_dir() and any(f.glob("*.safetensors"))]
+            if (f / "metrics.json").is_file()  # complete copies only
+            and (f / "validation_set/datacube/cube_validation.h5").is_file()]
     summary: dict[str, Any] = {}
     for group in ("object_splits_single", "object_splits_ensemble", "night_holdout_single",
                   "night_holdout_ensemble"):
