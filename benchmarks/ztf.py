@@ -33,6 +33,10 @@ Writes ``benchmarks/results/ztf.json``. What it does:
 Labels are braai's (``drb``, ZTF's deep real/bogus CNN) own scores, not human vetting: the
 numbers measure how well otrain imitates braai from ~1,000 alerts, nothing more.
 
+The default path of issue 12 (``--epochs auto``, calibration, the deep ensemble ``--ensemble 5``,
+ECE / Brier, FPR at the stored threshold, checks on ``../shared/data/ztf_extra``) is measured by
+``benchmarks/ztf_ensemble.py`` (``results/ztf_ensemble.json``), which reuses this file's metrics.
+
 Usage: ``python benchmarks/ztf.py [--data ../shared/data/ztf] [--seeds 10] [--quick]
 [--external other_alerts/ --save-model models/]``
 """

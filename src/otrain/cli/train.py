@@ -20,10 +20,45 @@ from otrain.cli.common import add_device, add_overwrite, add_precision
 from otrain.errors import OtrainError
 from otrain.metrics import format_metrics
 from otrain.models.networks import available_architectures
-from otrain.models.normalise import TRAIN_METHODS
-from otrain.training.config import LR_SCHEDULES, TrainConfig
+from otrain.models.normalise import AUTO, TRAIN_METHODS
+from otrain.training.config import (
+    AUTO_MAX_EPOCHS,
+    AUTO_MIN_EPOCHS,
+    AUTO_PATIENCE_STEPS,
+    AUTO_STEPS,
+    LR_SCHEDULES,
+    TrainConfig,
+)
 from otrain.training.ddp import PeerFailed, env_rank, launched
 from otrain.training.loop import RESUME_KEYS, resumable_settings, train
+
+
+def _epochs(text: str) -> int | str:
+    """``--epochs`` value: ``auto`` or a positive number of epochs."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got "
+                                         f"{text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"epochs must be at least 1, got {value}")
+    return value
+
+
+def _patience(text: str) -> int | str:
+    """``--patience`` value: ``auto`` or a number of epochs (0: never stop early)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got "
+                                         f"{text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"patience must be >= 0, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", required=True,
                         help="output root; the model goes to <model-path>/CNN_training/<name>/")
     parser.add_argument("--model-name", required=True, help="name of the trained model")
-    parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help=f"maximum number of epochs (default: {d.epochs})")
+    parser.add_argument("--epochs", type=_epochs, default=d.epochs,
+                        help="maximum number of epochs, or auto: a budget of "
+                             f"{AUTO_STEPS} optimiser steps, at least {AUTO_MIN_EPOCHS} and at "
+                             f"most {AUTO_MAX_EPOCHS} epochs, stopping early once "
+                             f"{AUTO_PATIENCE_STEPS} steps' worth of epochs (at least 5) bring no "
+                             "lower validation loss; the best epoch is kept (default: auto)")
     parser.add_argument("--frac", dest="val_frac", type=float, default=None,
                         help=f"fraction of the cutouts used for validation (default: {d.val_frac})")
     parser.add_argument("--test-frac", type=float, default=None,
@@ -77,14 +116,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seed of the split, initial weights, shuffling and augmentation "
                              f"(default: {d.seed})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"cutouts per step (default: {d.batch_size})")
+                        help=f"cutouts per step (default: {d.batch_size}; O'TRAIN used 1024)")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"Adam learning rate (default: {d.lr})")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                         help="constant, or cosine: from --lr down towards 0 over --epochs "
                              f"(default: {d.lr_schedule})")
-    parser.add_argument("--arch", choices=available_architectures(), default=None,
-                        help=f"network (default: {d.arch})")
+    parser.add_argument("--arch", choices=(AUTO, *available_architectures()), default=None,
+                        help="network; auto = vgg6 for cubes made from survey alerts (better "
+                             "and 3x cheaper there, see the README), the O'TRAIN network "
+                             f"otherwise (default: {d.arch})")
     parser.add_argument("--normalise", choices=TRAIN_METHODS, default=None,
                         help="per-cutout scaling, repeated at inference; auto = l2 for alert "
                              "and multi-channel cubes, zscore otherwise; 'none' = raw pixels as "
@@ -97,9 +138,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-class-weights", dest="class_weights", action="store_false",
                         default=None,
                         help="do not weight the loss by inverse class frequency")
-    parser.add_argument("--patience", type=int, default=d.patience,
+    parser.add_argument("--patience", type=_patience, default=d.patience,
                         help="stop after this many epochs without a better validation loss and "
-                             f"keep the best epoch; 0 never stops early (default: {d.patience})")
+                             "keep the best epoch; 0 never stops early; auto = as --epochs auto "
+                             "says, or 5 with a given number of epochs (default: auto)")
     add_device(parser, "where to train; auto = a GPU if any (default: auto)")
     add_precision(parser, "training (fp32 master weights, autocast) and of the validation "
                   "passes")

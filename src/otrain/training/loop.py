@@ -13,9 +13,8 @@ Everything lands in ``<model_path>/CNN_training/<model_name>/`` (the original O'
     validation_set/datacube/cube_validation.h5 the validation rows (for otrain-diagnostics, ...)
     test_set/datacube/cube_test.h5             the held-out test rows (when test_frac > 0)
 
-Ensembles, temperature scaling and the threshold choice: :mod:`otrain.training.ensemble`
-(members train one after another, each checkpointed in ``checkpoint_member<i>.pt``; history.csv
-then starts with a ``member`` column).
+Ensembles, temperature scaling, the threshold: :mod:`otrain.training.ensemble` (members train
+in turn, checkpointed in ``checkpoint_member<i>.pt``; history.csv gains a ``member`` column).
 
 Data: images are read through :meth:`otrain.datacube.Datacube.read` in sorted batches. When the
 labelled rows take at most ``memory_limit_gb`` (2 GB by default) they are read and normalised once
@@ -28,13 +27,10 @@ machine and torch thread count: float sums depend on it) and ``resume`` continue
 checkpoint exactly as if the run had not stopped (``torch.use_deterministic_algorithms`` is on,
 warn-only, while training). Changing the split or network settings on resume is refused.
 
-Speed: training turns on ``torch.set_flush_denormal(True)`` for the process. Tiny (denormal)
-gradient values otherwise take the CPU's slow path: an epoch of the O'TRAIN network on 8,500
-32x32 cutouts took 33 s with them and 10 s without, on 2 cores. The network and its batches are
-channels-last (NHWC, Keras's layout) while training: oneDNN's NCHW convolution backward pass was
-a third of a step and the largest single cost (torch.profiler, benchmarks/train_infer.py).
-``precision`` (:mod:`otrain.models.precision`): bf16/fp16 autocast of the forward pass (and the
-validation passes), fp32 weights and optimizer, the first batch checked against fp32.
+Speed: ``torch.set_flush_denormal(True)`` for the process (denormal gradients took an epoch
+from 10 s to 33 s); network and batches channels-last (oneDNN's NCHW convolution backward was a
+third of a step); ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 autocast of the
+forward and validation passes, fp32 weights and optimizer, the first batch checked against fp32.
 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam, at a constant learning rate or on a cosine schedule over ``epochs``
@@ -74,13 +70,12 @@ from otrain.datacube.cube import Datacube
 from otrain.datacube.hdf5 import open_datacube
 from otrain.errors import OtrainError
 from otrain.models.networks import build_model, count_parameters
-from otrain.models.normalise import resolve_method
 from otrain.models.precision import TrainPrecision, resolve_precision
 from otrain.progress import Progress, info
 from otrain.training import ddp as distributed
 from otrain.training import ensemble as ens
 from otrain.training.checks import check_finite, check_fresh, loader_workers, start_from
-from otrain.training.config import TrainConfig, epoch_lr
+from otrain.training.config import TrainConfig, epoch_lr, resolve_for_cube, resolve_schedule
 from otrain.training.ddp import DistContext
 from otrain.training.evaluate import evaluate, predict_all
 from otrain.training.outputs import (
@@ -222,8 +217,7 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
                                   f"{ctx.world_size} processes (torchrun); leave --nproc out")
             dev = ctx.device(config.device)
             cube = stack.enter_context(open_datacube(cube_path))
-            config = replace(config, normalise=resolve_method(
-                config.normalise, cube.channels, cube.attrs.get("source")))
+            config = resolve_for_cube(config, cube.channels, cube.attrs.get("source"))
             groups, y_all, split = ens.shared_split(cube, config, quiet)
             for note in training_data_notes(cube, y_all, split, config.batch_size):
                 info(note, quiet)
@@ -236,10 +230,11 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
         ctx.agree(None)
         states, members = [], []
         for i in range(config.ensemble):
-            mconf = replace(config, seed=ens.member_seed(config.seed, i))
             ckpt = ens.checkpoint_path(root, config, i)
             try:
                 msplit = ens.member_split(y_all, split, config, i, groups)
+                mconf = resolve_schedule(replace(config, seed=ens.member_seed(config.seed, i)),
+                                         msplit.train.size)
                 info(f"ensemble member {i + 1}/{config.ensemble} (seed {mconf.seed})",
                      quiet or config.ensemble == 1)
                 st = _prepare(cube, ckpt, mconf, ctx, dev, quiet, msplit, y_all, source)
@@ -254,7 +249,11 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
             members.append({"seed": mconf.seed, "split_sizes": msplit.sizes(),
                             "split": "own" if msplit is not split and config.member_splits
                             else "shared", "best_epoch": st.best_epoch,
-                            "epochs_run": len(st.history)})
+                            "epochs_run": len(st.history), "epochs_cap": mconf.epochs,
+                            "patience": mconf.patience})
+            if i == 0:  # the recorded settings: member 0's epoch cap and patience
+                resolved = (mconf.epochs, mconf.patience)
+        config = replace(config, epochs=resolved[0], patience=resolved[1])
         nets = [st.net for st in states]
         extra, metrics = ens.calibrate_and_measure(nets, source, split, y_all, config, ctx, dev)
         for m, row in zip(members, metrics.pop("members"), strict=True):
@@ -313,7 +312,8 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
              if ctx.distributed else "")
     info(f"{cube.summary()}\nsplit: {split.sizes()}; {config.arch} network, "
          f"{count_parameters(net):,} parameters, on {dev}{procs}; images "
-         f"{'in memory' if source.data is not None else 'read lazily'}", quiet)
+         f"{'in memory' if source.data is not None else 'read lazily'}; at most "
+         f"{config.epochs} epochs, patience {config.patience or 'none'}", quiet)
     prec = TrainPrecision(resolve_precision(config.precision, dev), dev)
     prec.guard(net, torch.from_numpy(source.get(split.train[:config.batch_size])),
                (lambda d: float(ctx.broadcast([d])[0])) if ctx.distributed else None)
