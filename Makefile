@@ -41,7 +41,7 @@ demo: $(STAMP)
 	@echo "  $(DEMO)/plots/CheckInfer/               recovery of the injected sources of the simulated night"
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

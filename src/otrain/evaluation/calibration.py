@@ -50,11 +50,18 @@ def describe_choice(choice: dict[str, Any] | None, threshold: float | None = Non
     """How a threshold was chosen, in words."""
     if not choice:
         return "recorded in the model file (how it was chosen is not recorded)"
-    if choice.get("method") == "given":
+    method = choice.get("method")
+    if method == "given":
         return "given at training (--threshold, or the default 0.5)"
-    rate = "false-negative" if choice["method"] == "target_fnr" else "false-positive"
+    if method == "manual":
+        return f"set by hand with otrain set-threshold ({choice.get('set_at', 'time unknown')})"
+    if "set_at" in choice:  # otrain set-threshold --target-fnr / --max-fpr on a labelled cube
+        rate = "false-negative" if method == "target_fnr" else "false-positive"
+        return (f"set with otrain set-threshold on {choice.get('cube', 'a labelled cube')}: "
+                f"{rate} rate at most {choice.get('target', float('nan')):g}")
+    rate = "false-negative" if method == "target_fnr" else "false-positive"
     text = (f"chosen at training on the validation rows' calibrated scores: {rate} rate at "
-            f"most {choice['target']:g}")
+            f"most {choice.get('target', float('nan')):g}")
     if choice.get("validation_fnr") is not None:
         text += (f" (validation FNR {choice['validation_fnr']:.4f}, FPR "
                  f"{choice['validation_fpr']:.4f})")
