@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 from otrain.cli.common import add_device, add_overwrite, add_precision
@@ -33,32 +34,25 @@ from otrain.training.ddp import PeerFailed, env_rank, launched
 from otrain.training.loop import RESUME_KEYS, resumable_settings, train
 
 
-def _epochs(text: str) -> int | str:
-    """``--epochs`` value: ``auto`` or a positive number of epochs."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got "
-                                         f"{text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"epochs must be at least 1, got {value}")
-    return value
+def _auto_or_count(name: str, minimum: int) -> Callable[[str], int | str]:
+    """An argparse type: ``auto`` or a whole number of epochs of at least ``minimum``."""
+    def parse(text: str) -> int | str:
+        if text.strip().lower() == AUTO:
+            return AUTO
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got "
+                                             f"{text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _patience(text: str) -> int | str:
-    """``--patience`` value: ``auto`` or a number of epochs (0: never stop early)."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'auto', got "
-                                         f"{text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"patience must be >= 0, got {value}")
-    return value
+#: ``--epochs``: auto or >= 1; ``--patience``: auto or >= 0 (0: never stop early).
+_epochs = _auto_or_count("epochs", 1)
+_patience = _auto_or_count("patience", 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
