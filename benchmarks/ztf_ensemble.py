@@ -6,8 +6,10 @@ Writes ``benchmarks/results/ztf_ensemble.json`` (the earlier configurations of
 Every model is trained as a user following the README would, with the defaults of ``otrain-convert
 --alerts`` (every labelled alert, ``drb >= 0.5`` real, triplets diff,sci,ref, the default cutout
 size) and of ``otrain-train --cube C --group-by objectId`` (``--epochs auto``, ``--arch auto``
-(vgg6 here), ``--normalise auto`` (l2), temperature calibration on the validation rows, the
-stored threshold 0.5 on the calibrated P(real)); ``--ensemble 5`` adds 5 members.
+(vgg6 here), ``--normalise auto`` (l2), calibration (the prior correction of the class weights
+and a temperature fitted on the validation rows), the stored threshold chosen on the validation
+rows for an FPR of 10%); ``--ensemble 5`` adds 5 members. Each run also reports the test FPR and
+FNR had the threshold been chosen for an FPR of 5%, 10% or 20% (``targets``).
 
 1. Object-wise splits: ``--test-frac 0.25`` (so a test set holds ~38 bogus alerts) with seeds
    0..S-1 (``--splits``); single model and ensemble on the same split. Test metrics: ROC AUC, MCC
@@ -51,7 +53,7 @@ import otrain
 from otrain.convert.alerts import convert_alerts
 from otrain.convert.folders import ConvertConfig
 from otrain.datacube.hdf5 import open_datacube, write_subset
-from otrain.metrics import binary_metrics, calibration_metrics
+from otrain.metrics import binary_metrics, calibration_metrics, threshold_for_target
 from otrain.models.modelfile import load_model, predict_proba
 from otrain.training.config import TrainConfig
 from otrain.training.loop import train
@@ -59,16 +61,34 @@ from ztf import CHANNELS, DEFAULT_DATA, HERE, LABELS, NIGHT, test_metrics
 
 EXTRA = DEFAULT_DATA.parent / "ztf_extra"
 PARTS = ("object_splits", "night_holdout")
+#: Other target FPRs whose thresholds (chosen on the validation rows) are also tried.
+TARGETS = (0.05, 0.1, 0.2)
 KEYS = ("auc", "mcc_stored", "fnr_at_fpr_0.01", "fnr_at_fpr_0.05", "fpr_stored", "fnr_stored",
-        "ece", "brier", "ece_uncalibrated", "brier_uncalibrated", "temperature",
+        "ece", "brier", "ece_uncalibrated", "brier_uncalibrated", "temperature", "logit_bias",
+        "threshold",
         "extra_drb_recall", "extra_rb_auc", "extra_rb_fpr_stored", "extra_rb_fnr_stored")
 
 
 def scores(model: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated P(real) and the same with the temperature set to 1 (uncalibrated)."""
+    """Calibrated P(real) and the uncalibrated one (temperature 1, no logit bias)."""
     p = predict_proba(model, images)
-    raw = replace(model, meta={**model.meta, "temperature": 1.0})
+    raw = replace(model, meta={**model.meta, "temperature": 1.0, "logit_bias": 0.0})
     return p, predict_proba(raw, images)
+
+
+def other_targets(model: Any, validation: Path, y: np.ndarray, p: np.ndarray
+                  ) -> dict[str, Any]:
+    """Test FPR / FNR had the threshold been chosen on the validation rows for other FPRs."""
+    with open_datacube(validation) as val:
+        p_val = predict_proba(model, val.read(slice(None)))
+        y_val = val.labels
+    out = {}
+    for target in TARGETS:
+        thr = threshold_for_target(y_val, p_val, target_fpr=target)
+        at = binary_metrics(y, p, thr)
+        out[f"fpr_{target:g}"] = {"threshold": thr, "test_fpr": float(at["fpr"]),
+                                  "test_fnr": float(at["fnr"])}
+    return out
 
 
 def metrics_of(y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, threshold: float
@@ -113,8 +133,10 @@ def run(cube: Path, tmp: Path, name: str, config: TrainConfig, test_cube: Path |
     with open_datacube(test_cube or result.test_cube) as test:
         p, p_raw = scores(model, test.read(slice(None)))
         out = metrics_of(test.labels, p, p_raw, model.threshold)
+        out["targets"] = other_targets(model, result.validation_cube, test.labels, p)
     out.update(extra_checks(model, extra))
     out.update(seed=config.seed, members=config.ensemble, temperature=model.temperature,
+               logit_bias=model.logit_bias,
                threshold=model.threshold, arch=model.meta["architecture"],
                normalisation=model.normalisation, epochs_run=result.epochs_run,
                best_epoch=result.best_epoch,
@@ -132,6 +154,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = {"mean": round(float(vals.mean()), 4),
                         "std": round(float(vals.std(ddof=1)) if vals.size > 1 else 0.0, 4),
                         "min": round(float(vals.min()), 4), "max": round(float(vals.max()), 4)}
+    for target in TARGETS:
+        for rate in ("test_fpr", "test_fnr"):
+            vals = np.array([r["targets"][f"fpr_{target:g}"][rate] for r in runs])
+            out.setdefault("targets", {}).setdefault(f"fpr_{target:g}", {})[rate] = {
+                "mean": round(float(vals.mean()), 4),
+                "std": round(float(vals.std(ddof=1)) if vals.size > 1 else 0.0, 4)}
     out["seconds_per_run"] = round(float(np.mean([r["seconds"] for r in runs])), 1)
     out["runs"] = runs
     return out

@@ -49,10 +49,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _by_hand(loaded, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each member's softmax(logits / T)[real], then mean and population std, in plain torch."""
+    """Each member's sigmoid((z_real - z_bogus) / T + b), then mean and population std, in
+    plain torch."""
     x = torch.from_numpy(normalise(images, loaded.normalisation))
     with torch.no_grad():
-        p = np.stack([torch.softmax(net(x) / loaded.temperature, dim=1)[:, 1].double().numpy()
+        p = np.stack([torch.sigmoid((net(x)[:, 1] - net(x)[:, 0]).double() / loaded.temperature
+                                    + loaded.logit_bias).numpy()
                       for net in loaded.members])
     return p.mean(axis=0), p.std(axis=0)
 
@@ -144,8 +146,8 @@ def test_export_check_catches_a_graph_without_the_temperature(trained, tmp_path,
     loaded = load_model(trained[1])
     real = onnx_export._CalibratedMean
 
-    def uncalibrated(members, temperature, with_spread):
-        return real(members, 1.0, with_spread)
+    def uncalibrated(members, temperature, with_spread, bias=0.0):
+        return real(members, 1.0, with_spread, bias)
 
     monkeypatch.setattr(onnx_export, "_CalibratedMean", uncalibrated)
     with pytest.raises(OtrainError, match="disagrees with otrain"):

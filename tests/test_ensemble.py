@@ -28,7 +28,12 @@ from otrain.metrics import (
     threshold_for_target,
     wilson_interval,
 )
-from otrain.models.ensemble import fit_temperature, logits_probabilities, member_state
+from otrain.models.ensemble import (
+    fit_temperature,
+    logits_probabilities,
+    member_state,
+    prior_bias,
+)
 from otrain.models.modelfile import load_model, predict_proba, predict_with_spread, save_model
 from otrain.models.networks import build_model
 from otrain.models.normalise import normalise
@@ -102,6 +107,73 @@ def test_calibration_lowers_the_ece_of_an_overconfident_model() -> None:
         brier_score(y, logits_probabilities(logits))
 
 
+def test_prior_correction_undoes_class_weights() -> None:
+    """A balanced-weights network on a 9:1 real:bogus set: its P(real) is that of a 50/50 set.
+    A temperature alone cannot fix it; log(n_real / n_bogus) then a temperature does."""
+    rng = np.random.default_rng(1)
+    n_real, n_bogus = 1800, 200
+    y = np.r_[np.ones(n_real, int), np.zeros(n_bogus, int)]
+    x = rng.normal(0.0, 1.0, y.size) + np.where(y == 1, 1.0, -1.0)
+    logits = 3 * np.stack([-x, x], axis=1) / 2  # balanced log-odds 2x, over-confident 1.5x
+    t_only = fit_temperature(logits, y)
+    ece_t_only = expected_calibration_error(y, logits_probabilities(logits, t_only))
+    bias = prior_bias(n_real, n_bogus)
+    assert bias == pytest.approx(np.log(9.0))
+    t = fit_temperature(logits, y, bias=bias)
+    p = logits_probabilities(logits, t, bias)
+    assert 1.3 < t < 1.7  # recovers the over-confidence once the prior is right
+    assert expected_calibration_error(y, p) < 0.03 < ece_t_only
+    # the same numbers as sigmoid(logit difference / T + b)
+    d = logits[:, 1] - logits[:, 0]
+    assert np.allclose(p, 1 / (1 + np.exp(-(d / t + bias))))
+    assert prior_bias(10, 0) == 0.0 and prior_bias(0, 5) == 0.0
+
+
+def test_default_threshold_is_chosen_for_a_false_positive_rate() -> None:
+    from otrain.training.config import AUTO_TARGET_FPR
+    from otrain.training.ensemble import choose_threshold
+
+    y = np.r_[np.zeros(40, int), np.ones(60, int)]
+    p = np.r_[np.linspace(0.0, 0.8, 40), np.linspace(0.3, 1.0, 60)]
+    thr, choice = choose_threshold(TrainConfig(), y, p, quiet=True)
+    assert choice["method"] == "target_fpr" and choice["default"]
+    assert choice["target"] == AUTO_TARGET_FPR
+    assert binary_metrics(y, p, thr)["fpr"] <= AUTO_TARGET_FPR
+    assert binary_metrics(y, p, thr - 0.03)["fpr"] > AUTO_TARGET_FPR  # the lowest such
+    assert choice["n_rows_of_class"] == 40 and "note" not in choice  # 40 >= FEW_BOGUS
+    few = choose_threshold(TrainConfig(), y[20:], p[20:], quiet=True)[1]
+    assert few["n_rows_of_class"] == 20 and "chosen on 20 bogus" in few["note"]
+    # a given threshold is kept; no bogus validation row: 0.5 with a recorded reason
+    assert choose_threshold(TrainConfig(threshold=0.7), y, p, quiet=True)[0] == 0.7
+    thr, choice = choose_threshold(TrainConfig(), np.ones(5, int), np.full(5, 0.9), quiet=True)
+    assert thr == 0.5 and choice["method"] == "default" and "no bogus" in choice["reason"]
+    with pytest.raises(OtrainError, match="not both"):
+        TrainConfig(threshold=0.4, target_fpr=0.1).validate()
+
+
+def test_logit_bias_survives_save_load_and_every_scoring_path(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    nets = [build_model("otrain", 1, (16, 16), 0.3) for _ in range(2)]
+    meta = {"normalisation": "zscore", "threshold": 0.6, "temperature": 1.3,
+            "logit_bias": 1.25}
+    loaded = load_model(save_model(tmp_path / "b.safetensors", nets, meta))
+    assert loaded.logit_bias == 1.25 and loaded.meta["format_version"] == 3
+    images = np.random.default_rng(3).normal(size=(30, 1, 16, 16)).astype(np.float32)
+    x = torch.from_numpy(normalise(images, "zscore"))
+    with torch.no_grad():
+        by_hand = np.mean([torch.sigmoid((n.eval()(x)[:, 1] - n(x)[:, 0]).double() / 1.3
+                                         + 1.25).numpy() for n in nets], axis=0)
+    p = predict_proba(loaded, images)
+    assert np.allclose(p, by_hand, atol=1e-6)
+    probs = Scorer(loaded, (1, 16, 16))(normalise(images, "zscore"))
+    assert np.allclose(probs[:, 1], p, atol=1e-6)
+    unbiased = load_model(save_model(tmp_path / "u.safetensors", nets,
+                                     {**meta, "logit_bias": 0.0}))
+    assert np.abs(predict_proba(unbiased, images) - p).max() > 0.05
+    with pytest.raises(OtrainError, match="logit bias"):
+        save_model(tmp_path / "n.safetensors", nets, {**meta, "logit_bias": float("nan")})
+
+
 # ------------------------------------------------------------------------------------------
 # ensemble file
 # ------------------------------------------------------------------------------------------
@@ -110,7 +182,8 @@ def test_ensemble_file_is_the_mean_of_its_members(ensemble, cube: Path, tmp_path
     assert loaded.is_ensemble and len(loaded.members) == 2
     assert loaded.model is loaded.members[0]
     meta = loaded.meta
-    assert meta["ensemble"]["n_members"] == 2 and meta["format_version"] == 2
+    assert meta["ensemble"]["n_members"] == 2
+    assert meta["format_version"] == (3 if loaded.logit_bias else 2)
     assert [m["seed"] for m in meta["ensemble"]["members"]] == [3, 4]
     assert all(m["split"] == "own" for m in meta["ensemble"]["members"])
     t = loaded.temperature
@@ -124,13 +197,14 @@ def test_ensemble_file_is_the_mean_of_its_members(ensemble, cube: Path, tmp_path
     for i in range(2):
         net = build_model(meta["architecture"], meta["in_channels"], meta["input_size"])
         net.load_state_dict(member_state(tensors, i))
-        single = {k: v for k, v in meta.items() if k not in ("ensemble", "temperature")}
+        single = {k: v for k, v in meta.items()
+                  if k not in ("ensemble", "temperature", "logit_bias")}
         path = save_model(tmp_path / f"m{i}.safetensors", net, single)
         one = load_model(path)
         assert not one.is_ensemble and one.temperature == 1.0
         x = torch.from_numpy(normalise(images, one.normalisation))
         with torch.no_grad():
-            singles.append(logits_probabilities(one.model(x), t))
+            singles.append(logits_probabilities(one.model(x), t, loaded.logit_bias))
     p, std = predict_with_spread(loaded, images)
     assert np.allclose(p, np.mean(singles, axis=0), atol=1e-6)
     assert np.allclose(std, np.std(singles, axis=0), atol=1e-6) and std.max() > 0

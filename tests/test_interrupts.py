@@ -97,3 +97,39 @@ def test_convert_interrupted(many_cutouts: Path, tmp_path: Path, sig: int, statu
                                                   "terminated"), err
     cube_dir = out / "datacube"
     assert not cube_dir.is_dir() or sorted(p.name for p in cube_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_train_interrupted_with_loader_workers(tmp_path: Path, sig: int, status: int) -> None:
+    """otrain-train with DataLoader worker processes, signalled mid-run: ends in seconds with
+    130 / 143 and one line, no model file or temporary file is left, and --resume goes on."""
+    from test_training import make_cube
+
+    cube = make_cube(tmp_path / "cube.h5", n=400, groups=80)
+    args = [str(BIN / "otrain-train"), "--cube", str(cube), "--model-path", str(tmp_path),
+            "--model-name", "m", "--epochs", "400", "--workers", "2", "--batch-size", "16",
+            "--seed", "1", "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    folder = tmp_path / "CNN_training" / "m"
+    deadline = time.monotonic() + 120
+    while not (folder / "checkpoint.pt").is_file():  # at least one epoch done
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"training ended or stalled before its first epoch: {proc.communicate()}")
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside a later epoch, loader workers running
+    code, seconds, err = _stop(proc, sig)
+    assert code == status, err
+    assert seconds < 5
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].endswith("interrupted" if status == 130 else
+                                                  "terminated"), err
+    assert not (folder / "m.safetensors").exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    resumed = subprocess.run([*args[:8], "2", *args[9:], "--resume", "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert (folder / "m.safetensors").is_file()

@@ -15,6 +15,7 @@ from conftest import assert_clean_error, run_cli
 from label_support import Server, call, triplet_folder
 from otrain.cli.label import resolve_token
 from otrain.datacube.hdf5 import write_datacube
+from otrain.errors import OtrainError
 from otrain.label.pool import from_cutouts, model_images
 from otrain.label.ranking import draws_from_model, rank
 from otrain.label.store import LabelStore
@@ -227,3 +228,26 @@ def test_cli_errors_are_one_line(tmp_path):
     assert_clean_error(run_cli("otrain-label", "--cutouts", str(root), "--cube", "x.h5"),
                        "one of")
     assert not Path(tmp_path / "x.csv").exists()
+
+
+def test_a_second_server_on_the_same_database_is_refused(tmp_path):
+    """The label db takes the output lock of every otrain writer: while one server holds it a
+    second one fails at once with one line (and reading it for export still works)."""
+    root = triplet_folder(tmp_path / "cut", n=3)
+    with Server("--cutouts", str(root), "--labeller", "ann", "--quiet") as server:
+        assert call(server.base + "/api/label", {"candid": "c_000", "label": "r"})[0] == 200
+        db = root / "labels.sqlite"
+        assert db.is_file(), sorted(p.name for p in root.iterdir())
+        second = run_cli("otrain-label", "--cutouts", str(root), "--labeller", "bob",
+                         "--port", "1")
+        assert_clean_error(second, "being written by another otrain run")
+        with pytest.raises(OtrainError, match="being written by another otrain run"):
+            LabelStore(db, writer=True)
+        with LabelStore(db) as reader:  # readers need no lock
+            assert reader.path == db
+        out = tmp_path / "labels.csv"
+        assert run_cli("otrain-label", "--export", str(out), "--db", str(db)).returncode == 0
+        assert "c_000" in out.read_text()
+    # the lock died with the server: the next one starts
+    with LabelStore(db, writer=True):
+        pass

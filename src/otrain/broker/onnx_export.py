@@ -6,8 +6,9 @@ ensemble-averaged P(real) that ``otrain-infer`` writes as ``label1``. Inside the
 order, are the model's normalisation (:mod:`~otrain.models.normalise`, every method: ``zscore``'s
 medians are computed exactly as numpy's, as the mean of the two middle finite values of a sort,
 not torch's lower median), the NaN fill (non-finite pixels become 0), every member's network,
-``logits / T`` (the model's temperature; skipped for ``T = 1``), the softmax column of the real
-class and the mean over the members. So a broker feeds the stamps as they come out of the alert.
+``logits / T + [0, b]`` (the model's temperature and logit bias; skipped for ``T = 1, b =
+0``), the softmax column of the real class and the mean over the members. So a broker feeds
+the stamps as they come out of the alert.
 
 An ensemble's graph has a second output, ``p_real_std`` ``(N,)``: the population standard
 deviation of the members' calibrated P(real), as ``otrain-infer``'s ``p_real_std`` column and
@@ -16,14 +17,14 @@ exactly as ``otrain-infer`` adds the column only for ensembles. MC-dropout is no
 graph is deterministic).
 
 The file's metadata properties: ``otrain`` (the model file's full JSON metadata, with the
-``ensemble`` members and ``temperature`` when it has them), ``channels`` (comma-separated, in
-input order), ``input_size`` (``HxW``), ``normalisation``, ``threshold``, ``temperature``,
-``n_members``, ``otrain_version``, plus ``input`` / ``output`` naming the tensors (``output`` is
-``p_real``; ``outputs`` lists all, comma-separated). :func:`export_onnx` checks itself:
-onnxruntime's scores (and spread) of a seeded batch of raw stamps (with NaN pixels, a constant and
-an all-NaN stamp) must match :func:`otrain.broker.stream.model_scores` (otrain's own scoring path,
-:mod:`otrain.models.ensemble`) within ``1e-5`` (the batch at sky level 100 and divided by 100),
-else it fails and writes nothing.
+``ensemble`` members and ``temperature`` when it has them), ``channels`` (comma-separated, in input
+order), ``input_size`` (``HxW``), ``normalisation``, ``threshold``, ``temperature``,
+``logit_bias``, ``n_members``, ``otrain_version``, plus ``input`` / ``output`` naming the tensors
+(``output`` is ``p_real``; ``outputs`` lists all, comma-separated). :func:`export_onnx` checks
+itself: onnxruntime's scores (and spread) of a seeded batch of raw stamps (with NaN pixels, a
+constant and an all-NaN stamp) must match :func:`otrain.broker.stream.model_scores` (otrain's own
+scoring path, :mod:`otrain.models.ensemble`) within ``1e-5`` (the batch at sky level 100 and
+divided by 100), else it fails and writes nothing.
 
 Needs the ``onnx`` extra (``pip install 'otrain[onnx]'``: onnx, onnxruntime and onnxscript, which
 torch's exporter uses).
@@ -151,20 +152,25 @@ def probability_module(loaded: LoadedModel) -> nn.Module:
     single-network file is one member; ``T`` is 1 unless the model was calibrated.
     """
     members = [copy.deepcopy(net).to("cpu").eval() for net in loaded.members]
-    return _CalibratedMean(members, loaded.temperature, with_spread=loaded.is_ensemble)
+    return _CalibratedMean(members, loaded.temperature, with_spread=loaded.is_ensemble,
+                           bias=loaded.logit_bias)
 
 
 class _CalibratedMean(nn.Module):
-    def __init__(self, members: list[nn.Module], temperature: float, with_spread: bool) -> None:
+    def __init__(self, members: list[nn.Module], temperature: float, with_spread: bool,
+                 bias: float = 0.0) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.temperature = float(temperature)
+        self.bias = float(bias)
         self.with_spread = with_spread
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         logits = torch.stack([net(x).float() for net in self.members])  # (M, N, 2)
         if self.temperature != 1.0:  # as otrain.models.ensemble.logits_probabilities
             logits = logits / self.temperature
+        if self.bias != 0.0:  # then the logit bias on the real class
+            logits = logits + torch.tensor([0.0, self.bias])
         p = torch.softmax(logits, dim=-1)[..., 1]  # (M, N)
         mean = p.mean(dim=0)
         if not self.with_spread:
@@ -192,7 +198,8 @@ def onnx_metadata(loaded: LoadedModel) -> dict[str, str]:
     return {"otrain": json.dumps(loaded.meta, sort_keys=True, default=str),
             "channels": ",".join(loaded.channels), "input_size": f"{h}x{w}",
             "normalisation": loaded.normalisation, "threshold": repr(loaded.threshold),
-            "temperature": repr(loaded.temperature), "n_members": str(len(loaded.members)),
+            "temperature": repr(loaded.temperature),
+            "logit_bias": repr(loaded.logit_bias), "n_members": str(len(loaded.members)),
             "otrain_version": __version__, "input": INPUT_NAME, "output": OUTPUT_NAME,
             "outputs": ",".join(output_names(loaded))}
 

@@ -103,6 +103,11 @@ class StreamModel:
         return self.loaded.temperature
 
     @property
+    def logit_bias(self) -> float:
+        """Offset added to the real-class logit after the temperature (0: none)."""
+        return self.loaded.logit_bias
+
+    @property
     def n_members(self) -> int:
         """Networks averaged (1 unless the model is an ensemble)."""
         return len(self.loaded.members)

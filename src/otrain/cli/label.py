@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     the_pool = _load_pool(args)
     draws = _draws(args, the_pool) if args.model else None
     db = default_db(args)
-    store = LabelStore(db)
+    store = LabelStore(db, writer=True)
     store.set_info(input=" ".join(str(p) for p in the_pool.inputs), kind=the_pool.kind,
                    last_order=order, last_model=str(args.model or ""))
     session = LabelSession(the_pool, store, labeller, order, draws, args.show_scores,

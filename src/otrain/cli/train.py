@@ -27,6 +27,7 @@ from otrain.training.config import (
     AUTO_MIN_EPOCHS,
     AUTO_PATIENCE_STEPS,
     AUTO_STEPS,
+    AUTO_TARGET_FPR,
     LR_SCHEDULES,
     TrainConfig,
 )
@@ -79,7 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     point = parser.add_mutually_exclusive_group()
     point.add_argument("--threshold", type=float, default=None,
                        help="P(real) above which a candidate counts as real, stored in the "
-                            f"model and used in the metrics (default: {d.threshold})")
+                            "model and used in the metrics (default: chosen on the validation "
+                            f"rows for a false-positive rate of {AUTO_TARGET_FPR:g}, as "
+                            f"--target-fpr {AUTO_TARGET_FPR:g}; O'TRAIN's fixed 0.5 called "
+                            "about half the bogus ZTF alerts real once P(real) is calibrated)")
     point.add_argument("--target-fnr", type=float, default=None, metavar="F",
                        help="choose the stored threshold on the validation rows (calibrated "
                             "scores): the highest whose false-negative rate is <= F, e.g. 0.05")
@@ -100,9 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the validation rows (only the seed differs)")
     parser.add_argument("--no-calibration", dest="calibrate", action="store_false",
                         default=d.calibrate,
-                        help="do not fit temperature scaling on the validation rows (by "
-                             "default label1 is the calibrated P(real); ECE and Brier before "
-                             "and after go to metrics.json)")
+                        help="do not calibrate (by default label1 is the calibrated P(real): "
+                             "the class weights' prior shift undone with log(n_real/n_bogus) "
+                             "of the training rows, then a temperature fitted on the validation "
+                             "rows; ECE and Brier before and after go to metrics.json)")
     parser.add_argument("--group-by", default=None, metavar="COLUMN",
                         help="table column (e.g. objectId) whose values never straddle the "
                              "train/validation/test split")
@@ -199,7 +204,8 @@ def _run(args: argparse.Namespace) -> int:
 def _calibration_lines(metrics: dict) -> str:
     """Temperature, ECE / Brier before and after, the threshold and how it was chosen."""
     cal = metrics.get("calibration") or {}
-    lines = [f"temperature {cal.get('temperature', 1.0):.4g}"
+    lines = [f"temperature {cal.get('temperature', 1.0):.4g}, logit bias "
+             f"{cal.get('logit_bias', 0.0):.4g}"
              + ("" if cal.get("fitted", True) else " (calibration off)")]
     for part in ("validation", "test"):
         if cal.get(part):
@@ -207,8 +213,9 @@ def _calibration_lines(metrics: dict) -> str:
             lines.append(f"  {part}: ECE {b['ece']:.4f} -> {a['ece']:.4f}, Brier "
                          f"{b['brier']:.4f} -> {a['brier']:.4f}")
     choice = metrics.get("threshold_choice") or {"method": "given"}
-    how = ("given" if choice["method"] == "given" else
-           f"{choice['method'].replace('_', ' ')} {choice['target']:g} on the validation rows")
+    how = (choice["method"] if choice["method"] in ("given", "default") else
+           f"{choice['method'].replace('_', ' ')} {choice['target']:g} on the validation rows"
+           + (", the default" if choice.get("default") else ""))
     lines.append(f"threshold {metrics['threshold']:.4g} ({how})")
     rates = metrics.get("test_error_rates")
     if rates and rates["fnr"] is not None and rates["fpr"] is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import re
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -23,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.io.fits.verify import VerifyWarning
 
 BLOCK = 2880
 _CARD = 80
@@ -70,13 +71,22 @@ def read_bytes(path: str | Path) -> bytes:
     return raw
 
 
-def parse_hdus(raw: bytes) -> list[ImageHDU]:
+def parse_hdus(raw: bytes, notes: list[str] | None = None) -> list[ImageHDU]:
     """Split FITS bytes into HDUs with parsed headers and image data.
+
+    The fast walk reads only files in the plain form astropy writes (see
+    :func:`_walk`); any other file, odd or damaged, is read by :func:`astropy.io.fits.open`
+    instead, so the two never disagree: what astropy reads (every HDU it finds, with the data
+    it gives) is what this returns, and where astropy fails this fails, with the fast walk's
+    own diagnosis when it has one ("truncated data", ...).
 
     Parameters
     ----------
     raw : bytes
         A whole FITS file.
+    notes : list of str, optional
+        Receives a note when a damaged file was read by astropy all the same (e.g. a
+        truncated last extension that astropy leaves out).
 
     Returns
     -------
@@ -92,49 +102,63 @@ def parse_hdus(raw: bytes) -> list[ImageHDU]:
         raise FitsFormatError("not a FITS file (no SIMPLE card at the start)")
     try:
         return _walk(raw)
-    except _Unsupported:
-        pass
-    try:  # extensions astropy handles (tile compression, tables): any failure is one error
-        return _walk_astropy(raw)
+    except _Unsupported as exc:
+        reason = str(exc)
+    try:  # odd or damaged files, and what the fast walk does not cover (tile compression...)
+        hdus = _walk_astropy(raw)
     except Exception as exc:
+        if reason:
+            raise FitsFormatError(reason) from None
         raise FitsFormatError(f"unreadable FITS ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:120]})") from None
+    if reason and notes is not None:
+        notes.append(f"{reason}: read as astropy reads it ({len(hdus)} HDU(s))")
+    return hdus
 
 
 class _Unsupported(Exception):
-    pass
+    """Hand the file to astropy; the message, if any, says what the fast walk found wrong."""
+
+
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+_PADDING = re.compile(rb"[\x00 ]*")
+_BLANKS = re.compile(rb" *")
+_INT = re.compile(r"[+-]?[0-9]+")
+_REAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([EeDd][+-]?[0-9]+)?")
 
 
 def _walk(raw: bytes) -> list[ImageHDU]:
+    """The fast walk over plain image HDUs, or :class:`_Unsupported`.
+
+    Plain means: printable ASCII headers of standard cards, blank after their END card, with
+    ``SIMPLE = T`` (or ``XTENSION = 'IMAGE'``, ``PCOUNT = 0``, ``GCOUNT = 1``) then
+    ``BITPIX``, ``NAXIS`` and its ``NAXISn`` in the first cards, integer values, a standard
+    ``BITPIX``, data of the size the header says, and nothing but zero or blank padding after
+    the last HDU.
+    """
     hdus: list[ImageHDU] = []
     pos, size = 0, len(raw)
     while pos < size:
         end = _find_end(raw, pos)
         if end < 0:
-            if hdus and not raw[pos:].startswith(b"XTENSION"):
-                break  # padding or other bytes after the last HDU: ignored, as astropy does
+            if hdus and _PADDING.fullmatch(raw, pos):
+                break  # zero or blank padding after the last HDU
+            if hdus and not raw.startswith(b"XTENSION", pos):
+                raise _Unsupported("unexpected bytes after the last HDU")  # astropy decides
             where = f"of extension {len(hdus)} " if hdus else ""
-            raise FitsFormatError(f"truncated header {where}(no END card)")
-        header = parse_cards(raw[pos:end])
+            raise _Unsupported(f"truncated header {where}(no END card)")
         data_start = pos + _blocks(end + _CARD - pos)
-        if pos > 0 and str(header.get("XTENSION", "")).strip() != "IMAGE":
-            raise _Unsupported
-        if header.get("GROUPS") or header.get("ZIMAGE"):
-            raise _Unsupported
-        try:
-            bitpix = int(header["BITPIX"])
-            naxis = int(header.get("NAXIS", 0))
-            shape = tuple(int(header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FitsFormatError(f"bad or missing structural keyword ({exc})") from None
-        nbytes = abs(bitpix) // 8 * int(np.prod(shape)) if naxis else 0
+        if _NOT_PRINTABLE.search(raw, pos, end) or not _BLANKS.fullmatch(raw, end + _CARD,
+                                                                          data_start):
+            raise _Unsupported  # the standard: printable cards, blanks after END
+        header = parse_cards(raw[pos:end], strict=True)
+        shape, bitpix = _structure(raw, pos, header, first=not hdus)
+        nbytes = abs(bitpix) // 8 * math.prod(shape) if shape else 0
         if data_start + nbytes > size:
-            raise FitsFormatError("truncated data (file shorter than its header says)")
+            raise _Unsupported("truncated data (file shorter than its header says)")
         data = None
         if nbytes:
-            if bitpix not in _DTYPES:
-                raise FitsFormatError(f"unsupported BITPIX {bitpix}")
-            arr = np.frombuffer(raw, dtype=_DTYPES[bitpix], count=int(np.prod(shape)),
+            arr = np.frombuffer(raw, dtype=_DTYPES[bitpix], count=math.prod(shape),
                                 offset=data_start).reshape(shape)
             data = _scale(arr, header)
         hdus.append(ImageHDU(header, data))
@@ -142,22 +166,71 @@ def _walk(raw: bytes) -> list[ImageHDU]:
     return hdus
 
 
+def _structure(raw: bytes, pos: int, header: dict[str, Any],
+               first: bool) -> tuple[tuple[int, ...], int]:
+    """Shape (slowest axis first) and BITPIX of a plain image HDU, else :class:`_Unsupported`."""
+    if first:
+        if raw[pos:pos + 30] != b"SIMPLE  =" + b" " * 20 + b"T":
+            raise _Unsupported
+        lead = ["SIMPLE"]
+    else:
+        if str(header.get("XTENSION", "")).strip() != "IMAGE":
+            raise _Unsupported  # tables, tile-compressed images, other extensions
+        lead = ["XTENSION"]
+    if header.get("GROUPS") or header.get("ZIMAGE"):
+        raise _Unsupported
+    bitpix, naxis = header.get("BITPIX"), header.get("NAXIS")
+    if type(bitpix) is not int or type(naxis) is not int or not 0 <= naxis <= 999:
+        raise _Unsupported("bad or missing structural keyword (BITPIX or NAXIS)")
+    lead += ["BITPIX", "NAXIS"] + [f"NAXIS{i}" for i in range(1, naxis + 1)]
+    if not first:
+        lead += ["PCOUNT", "GCOUNT"]
+        if header.get("PCOUNT") != 0 or header.get("GCOUNT") != 1:
+            raise _Unsupported
+    for i, key in enumerate(lead):  # the mandatory keywords, in the standard's order
+        if raw[pos + i * _CARD:pos + i * _CARD + 8].rstrip(b" ") != key.encode():
+            raise _Unsupported
+    axes = [header.get(f"NAXIS{i}") for i in range(naxis, 0, -1)]
+    if any(type(n) is not int or n < 0 for n in axes):
+        raise _Unsupported("bad or missing structural keyword (NAXISn)")
+    if bitpix not in _DTYPES:
+        raise _Unsupported(f"unsupported BITPIX {bitpix}")
+    for key in ("BSCALE", "BZERO"):
+        if key in header and type(header[key]) not in (int, float):
+            raise _Unsupported
+    if "BLANK" in header and type(header["BLANK"]) is not int:
+        raise _Unsupported
+    return tuple(axes), bitpix
+
+
 def _walk_astropy(raw: bytes) -> list[ImageHDU]:
     out = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VerifyWarning)
+        warnings.simplefilter("ignore")  # damage is judged by what astropy reads, not its words
         with fits.open(io.BytesIO(raw), memmap=False) as hdul:
             for hdu in hdul:
                 data = hdu.data if hdu.is_image else None
                 arr = None if data is None else np.asarray(data, dtype=np.float32)
-                header = {k.upper(): v for k, v in hdu.header.items() if k}
-                if "EXTNAME" not in header and hdu.name and hdu.name != "PRIMARY":
-                    header["EXTNAME"] = hdu.name  # e.g. COMPRESSED_IMAGE of a CompImageHDU
+                header = {}
+                for card in hdu.header.cards:
+                    try:  # an unparsable card is left out, as the fast walk leaves odd ones
+                        key, value = card.keyword, card.value
+                    except Exception:
+                        continue
+                    if key and key.upper() not in header and not isinstance(
+                            value, fits.card.Undefined):
+                        header[key.upper()] = value
+                try:
+                    name = hdu.name
+                except Exception:  # an unparsable EXTNAME card
+                    name = ""
+                if "EXTNAME" not in header and name and name != "PRIMARY":
+                    header["EXTNAME"] = name  # e.g. COMPRESSED_IMAGE of a CompImageHDU
                 out.append(ImageHDU(header, arr))
     return out
 
 
-def parse_cards(block: bytes) -> dict[str, Any]:
+def parse_cards(block: bytes, strict: bool = False) -> dict[str, Any]:
     """Parse header cards (80-byte records before END) into ``{KEY: value}``.
 
     Values follow the FITS fixed/free format: quoted strings (``''`` escapes a quote, trailing
@@ -169,6 +242,9 @@ def parse_cards(block: bytes) -> dict[str, Any]:
     ----------
     block : bytes
         The header bytes up to (not including) the END card.
+    strict : bool, default False
+        Raise on a value that is none of these forms (the fast walk then hands the file to
+        astropy) instead of keeping its text.
 
     Returns
     -------
@@ -188,9 +264,20 @@ def parse_cards(block: bytes) -> dict[str, Any]:
             continue
         if key and key not in cards:
             value = _card_value(rest)
+            if isinstance(value, _Odd):
+                if strict:
+                    raise _Unsupported
+                value = value.text
             if value is not None:
                 cards[key] = value
     return cards
+
+
+@dataclass
+class _Odd:
+    """A card value of none of the standard's forms (its text)."""
+
+    text: str
 
 
 def _card_value(rest: str) -> Any:
@@ -199,20 +286,19 @@ def _card_value(rest: str) -> Any:
         end = rest.find("'", 1)
         while end != -1 and rest[end + 1:end + 2] == "'":  # '' is an escaped quote
             end = rest.find("'", end + 2)
-        return rest[1:end if end != -1 else None].replace("''", "'").rstrip()
+        value = rest[1:end if end != -1 else None].replace("''", "'").rstrip()
+        after = rest[end + 1:].strip() if end != -1 else "'"
+        return value if not after or after.startswith("/") else _Odd(value)
     token = rest.split("/", 1)[0].strip()
     if not token:
         return None
     if token in ("T", "F"):
         return token == "T"
-    try:
+    if _INT.fullmatch(token):
         return int(token)
-    except ValueError:
-        pass
-    try:
-        return float(token.replace("D", "E"))
-    except ValueError:
-        return token
+    if _REAL.fullmatch(token):
+        return float(token.replace("D", "E").replace("d", "e"))
+    return _Odd(token)  # e.g. "nan", "1_000", "0x10": Python reads them, FITS does not
 
 
 def _find_end(raw: bytes, start: int) -> int:

@@ -192,13 +192,13 @@ def read_cutout(
         Unreadable file, missing keyword or extension, wrong dimensions, crop too large.
     """
     path = Path(path)
+    notes: list[str] = []
     try:
-        hdus = parse_hdus(read_bytes(path))
+        hdus = parse_hdus(read_bytes(path), notes)
     except (OSError, FitsFormatError, ValueError, EOFError) as exc:
         raise CutoutError(f"unreadable FITS file ({exc})", path) from None
     keywords = dict(keywords or {})
     header = _merged_header(hdus)
-    notes: list[str] = []
     image = _select_channels(hdus, channels, path, channel_extensions(keywords), notes)
     if cutout_size != -1:
         full = image.shape[1:]

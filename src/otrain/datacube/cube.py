@@ -100,7 +100,21 @@ class Datacube:
         -------
         numpy.ndarray
             float32 array ``(len(indices), C, H, W)``.
+
+        Raises
+        ------
+        OtrainError
+            If the file's image data cannot be read (a damaged HDF5 file), naming the file.
         """
+        if self.in_memory:
+            return self._read(indices)
+        try:
+            return self._read(indices)
+        except (OSError, RuntimeError) as exc:  # h5py: damaged chunks, bad offsets
+            raise OtrainError(f"damaged datacube: its images cannot be read "
+                              f"({' '.join(str(exc).split())[:120]})", self.path) from None
+
+    def _read(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         if isinstance(indices, slice):
             return np.asarray(self.images[indices], dtype=np.float32)
         idx = np.asarray(indices, dtype=np.int64)

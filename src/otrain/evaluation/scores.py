@@ -140,7 +140,8 @@ def score_datacube(loaded: LoadedModel, cube: Datacube, batch_size: int = 512,
             # one pass; the same formula as predict_proba (otrain.models.ensemble)
             logits = member_logits(loaded, images, batch_size)
             part = slice(done, done + images.shape[0])
-            p[part], std[part] = combine(logits_probabilities(logits, loaded.temperature))
+            p[part], std[part] = combine(logits_probabilities(logits, loaded.temperature,
+                                                              loaded.logit_bias))
             raw[part] = combine(logits_probabilities(logits))[0]
             done += images.shape[0]
             bar.update()
@@ -154,7 +155,8 @@ def score_datacube(loaded: LoadedModel, cube: Datacube, batch_size: int = 512,
                   cube_path=cube.path, model_path=loaded.path, meta=dict(loaded.meta),
                   channels=list(cube.channels), n_unlabelled=int(labels.size - rows.size),
                   p_real_std=std if loaded.is_ensemble else None,
-                  p_uncalibrated=raw if loaded.temperature != 1.0 else None)
+                  p_uncalibrated=raw if (loaded.temperature != 1.0 or loaded.logit_bias)
+                  else None)
 
 
 def score(model_path: str | Path, cube_path: str | Path, batch_size: int = 512,

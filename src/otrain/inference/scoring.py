@@ -157,7 +157,8 @@ class Scorer:
     CPU). With MC-dropout (``mc_samples > 0``) the eager networks run with dropout on.
 
     Scores follow :mod:`otrain.models.ensemble` (one prediction path): each member's logits are
-    divided by the model's temperature, the members' (and MC passes') P(real) are averaged.
+    divided by the model's temperature (and offset by its logit bias), the members' (and MC
+    passes') P(real) are averaged.
     :attr:`spread` is True for an ensemble or with MC-dropout: the output then has a third
     column, ``p_real_std``.
 
@@ -174,6 +175,7 @@ class Scorer:
             raise OtrainError(f"MC-dropout samples must be >= 0, got {mc_samples}")
         self.device = loaded.device
         self.temperature = loaded.temperature
+        self.bias = loaded.logit_bias
         self.mc_samples, self.seed = int(mc_samples), int(seed)
         self.spread = len(loaded.members) > 1 or self.mc_samples > 0
         self.precision = (precision if isinstance(precision, Precision)
@@ -245,7 +247,8 @@ class Scorer:
         with torch.inference_mode():
             p = normalised_member_probabilities(
                 self.members, images, self.temperature, self.device, FORWARD_CHUNK,
-                self.mc_samples, self.seed, forward=forward, first_batch=self._batches)
+                self.mc_samples, self.seed, forward=forward, first_batch=self._batches,
+                bias=self.bias)
         self._batches += -(-n // FORWARD_CHUNK)
         mean, std = combine(p)
         out = np.empty((n, 3 if self.spread else 2), dtype=np.float64)

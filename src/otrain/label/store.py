@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from otrain.errors import OtrainError
+from otrain.outputs import acquire_lock, release_lock
 
 #: Label words and the keys that give them.
 LABELS = ("real", "bogus", "unsure", "skip")
@@ -97,14 +98,29 @@ class LabelStore:
     ----------
     path : str or Path
         SQLite file (created with its folder's permission when missing).
+    writer : bool, default False
+        Take the database's exclusive otrain lock (:func:`otrain.outputs.acquire_lock`) for
+        as long as the store is open, as every otrain writer does: a second labelling server
+        on the same database fails at once with one line instead of labelling the same
+        candidates from another queue. Readers (export) need no lock: SQLite's WAL gives them
+        a consistent snapshot while a server writes.
+
+    Raises
+    ------
+    OtrainError
+        A folder, a missing parent folder, a database another server holds, or a file that is
+        not a usable SQLite database.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writer: bool = False) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise OtrainError("is a folder, expected a label database file", self.path)
         if not self.path.parent.is_dir():
             raise OtrainError("folder of the label database does not exist", self.path.parent)
+        self._writer = writer
+        if writer:
+            acquire_lock(self.path)
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
@@ -114,12 +130,16 @@ class LabelStore:
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if writer:
+                release_lock(self.path)
             raise OtrainError(f"not a usable label database ({exc})", self.path) from None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and release the writer's lock)."""
         with self._lock:
             self._db.close()
+        if self._writer:
+            release_lock(self.path)
 
     def __enter__(self) -> LabelStore:
         return self

@@ -5,8 +5,12 @@ A model file holds one network or an *ensemble* of ``M`` networks of the same ar
 *temperature* ``T`` (1 for files written before calibration existed). For a cutout with member
 logits ``z_m``:
 
-* member probability ``p_m = softmax(z_m / T)[real]`` (temperature scaling, one scalar for the
-  whole model or ensemble);
+* member probability ``p_m = softmax(z_m / T + [0, b])[real]``, i.e. ``sigmoid((z_real -
+  z_bogus) / T + b)``: temperature scaling (one scalar ``T`` for the whole model or ensemble)
+  and a logit offset ``b`` (``logit_bias``, 0 for older files). Training sets ``b =
+  log(n_real / n_bogus)`` of its training rows when the loss was class-weighted: the weighted
+  loss makes the network's P(real) that of a balanced set, and this prior correction moves it
+  back to the class mix it was trained on;
 * score ``label1 = mean_m p_m`` (the calibrated P(real)), spread ``p_real_std = std_m p_m``
   (population standard deviation, 0 for one member);
 * with MC-dropout (``mc_samples = K > 0``) every member runs ``K`` passes with its dropout layers
@@ -47,8 +51,8 @@ from otrain.models.normalise import normalise
 
 __all__ = ["DROPOUT_TYPES", "MEMBER_PREFIX", "T_RANGE", "combine", "fit_temperature",
            "logits_probabilities", "mc_dropout", "member_logits", "member_probabilities",
-           "member_state",
-           "nll", "normalised_member_probabilities", "prefixed_state", "spread"]
+           "member_state", "nll", "normalised_member_probabilities", "prefixed_state",
+           "prior_bias", "spread"]
 
 MEMBER_PREFIX = "member"
 #: Search range of the temperature.
@@ -77,16 +81,31 @@ def member_state(tensors: dict[str, torch.Tensor], index: int) -> dict[str, torc
 # ------------------------------------------------------------------------------------------
 # Probabilities
 # ------------------------------------------------------------------------------------------
-def logits_probabilities(logits: np.ndarray | torch.Tensor, temperature: float = 1.0
-                         ) -> np.ndarray:
-    """P(real) = ``softmax(logits / T)[..., 1]`` for logits ``(..., 2)``, computed in the logits'
-    dtype, returned as float64."""
+def logits_probabilities(logits: np.ndarray | torch.Tensor, temperature: float = 1.0,
+                         bias: float = 0.0) -> np.ndarray:
+    """P(real) = ``softmax(logits / T + [0, b])[..., 1]`` for logits ``(..., 2)``, computed in
+    the logits' dtype, returned as float64 (``T = 1, b = 0`` leave the logits untouched, so
+    files without calibration score exactly as before)."""
     z = torch.as_tensor(logits)
     if not z.is_floating_point():
         z = z.double()
-    if temperature != 1.0:  # T = 1 leaves the logits exactly as they are (old model files)
+    if temperature != 1.0:
         z = z / float(temperature)
+    if bias != 0.0:
+        z = z + torch.tensor([0.0, float(bias)], dtype=z.dtype, device=z.device)
     return torch.softmax(z, dim=-1)[..., 1].double().numpy()
+
+
+def prior_bias(n_real: int, n_bogus: int) -> float:
+    """The logit offset ``log(n_real / n_bogus)`` that undoes class-balanced loss weights.
+
+    With weights inversely proportional to the class counts the loss is minimised by the
+    log-odds of a balanced set; adding this offset gives those of the training class mix.
+    0 when a class is missing.
+    """
+    if n_real <= 0 or n_bogus <= 0:
+        return 0.0
+    return float(math.log(n_real / n_bogus))
 
 
 def combine(member_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +152,7 @@ def normalised_member_probabilities(
     seed: int = 0,
     forward: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     first_batch: int = 0,
+    bias: float = 0.0,
 ) -> np.ndarray:
     """Calibrated P(real) of each member (and MC pass) for NORMALISED images.
 
@@ -158,6 +178,8 @@ def normalised_member_probabilities(
     first_batch : int, default 0
         Number of the first forward batch (in the MC-dropout seeds), for callers that feed
         the rows in several calls.
+    bias : float, default 0
+        Added to the real-class logit after the temperature (the model's ``logit_bias``).
 
     Returns
     -------
@@ -182,7 +204,7 @@ def normalised_member_probabilities(
                               else contextlib.nullcontext()):
                             logits = run(net, x)
                         out[m * passes + k, start:start + x.shape[0]] = logits_probabilities(
-                            logits.cpu(), temperature)
+                            logits.cpu(), temperature, bias)
     return out
 
 
@@ -213,7 +235,8 @@ def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
     batch_size, mc_samples, seed
         As :func:`normalised_member_probabilities`.
     calibrated : bool, default True
-        Apply the model's temperature (False: the raw softmax, for before/after comparisons).
+        Apply the model's temperature and logit bias (False: the raw softmax, for
+        before/after comparisons).
 
     Raises
     ------
@@ -227,12 +250,13 @@ def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
         raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
     loaded.check_input(images.shape[1], images.shape[2:])
     temperature = float(loaded.temperature) if calibrated else 1.0
+    bias = float(getattr(loaded, "logit_bias", 0.0)) if calibrated else 0.0
     parts = []
     for start in range(0, max(images.shape[0], 1), batch_size):
         x = normalise(images[start:start + batch_size], loaded.normalisation)
         parts.append(normalised_member_probabilities(
             loaded.members, x, temperature, loaded.device, batch_size, mc_samples, seed,
-            first_batch=start // batch_size))
+            first_batch=start // batch_size, bias=bias))
     return np.concatenate(parts, axis=1)
 
 
@@ -257,13 +281,17 @@ def member_logits(loaded: Any, images: np.ndarray, batch_size: int = 512) -> np.
 # ------------------------------------------------------------------------------------------
 # Temperature scaling
 # ------------------------------------------------------------------------------------------
-def nll(member_logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+def nll(member_logits: np.ndarray, y: np.ndarray, temperature: float,
+        bias: float = 0.0) -> float:
     """Mean negative log-likelihood of labels ``y`` under the mean of the members'
-    ``softmax(z / T)``; ``member_logits`` is ``(M, N, 2)`` (or ``(N, 2)`` for one model)."""
+    ``softmax(z / T + [0, b])``; ``member_logits`` is ``(M, N, 2)`` (or ``(N, 2)`` for one
+    model)."""
     z = np.asarray(member_logits, dtype=np.float64)
     if z.ndim == 2:
         z = z[None]
     zt = z / temperature
+    if bias:
+        zt = zt + np.array([0.0, bias])
     zt -= zt.max(axis=-1, keepdims=True)
     p = np.exp(zt)
     p /= p.sum(axis=-1, keepdims=True)
@@ -273,8 +301,9 @@ def nll(member_logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
 
 
 def fit_temperature(member_logits: np.ndarray, y: np.ndarray,
-                    bounds: tuple[float, float] = T_RANGE) -> float:
-    """Temperature minimising :func:`nll` on labelled rows (1.0 when there are none).
+                    bounds: tuple[float, float] = T_RANGE, bias: float = 0.0) -> float:
+    """Temperature minimising :func:`nll` (with the fixed logit ``bias``) on labelled rows
+    (1.0 when there are none).
 
     A log-spaced grid of 61 values over ``bounds`` finds the best bracket, golden-section
     search on ``log T`` refines it to ~1e-6 relative.
@@ -282,23 +311,27 @@ def fit_temperature(member_logits: np.ndarray, y: np.ndarray,
     y = np.asarray(y, dtype=np.int64)
     if y.size == 0:
         return 1.0
+
+    def loss(t: float) -> float:
+        return nll(member_logits, y, t, bias)
+
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     grid = np.linspace(lo, hi, 61)
-    losses = [nll(member_logits, y, math.exp(g)) for g in grid]
+    losses = [loss(math.exp(g)) for g in grid]
     i = int(np.argmin(losses))
     a, b = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
     ratio = (math.sqrt(5) - 1) / 2
     c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = nll(member_logits, y, math.exp(c)), nll(member_logits, y, math.exp(d))
+    fc, fd = loss(math.exp(c)), loss(math.exp(d))
     while b - a > 1e-6:
         if fc < fd:
             b, d, fd = d, c, fc
             c = b - ratio * (b - a)
-            fc = nll(member_logits, y, math.exp(c))
+            fc = loss(math.exp(c))
         else:
             a, c, fc = c, d, fd
             d = a + ratio * (b - a)
-            fd = nll(member_logits, y, math.exp(d))
+            fd = loss(math.exp(d))
     best = (a + b) / 2
-    return float(math.exp(best)) if nll(member_logits, y, math.exp(best)) <= losses[i] \
+    return float(math.exp(best)) if loss(math.exp(best)) <= losses[i] \
         else float(math.exp(grid[i]))

@@ -95,6 +95,28 @@ def check_metadata(meta: Mapping[str, Any], path: str | Path) -> None:
                     or not math.isfinite(value) or not low <= value <= high):
                 raise ModelFileError(f"model metadata '{key}' must be a number in "
                                      f"[{low:g}, {high:g}], got {value!r:.40}", path)
+    try:
+        calibration_format(meta)
+    except OtrainError as exc:
+        raise ModelFileError(f"model metadata: {exc.reason}", path) from None
+
+
+def calibration_format(meta: Mapping[str, Any]) -> int:
+    """The format version the calibration keys need (3: a logit bias, which a reader that
+    ignored it would score wrongly; 2: an ensemble or a temperature; else 1).
+
+    Raises
+    ------
+    OtrainError
+        A temperature that is not a positive number or a logit bias that is not finite.
+    """
+    temperature, bias = meta.get("temperature", 1.0), meta.get("logit_bias", 0.0)
+    if (isinstance(temperature, bool) or not isinstance(temperature, int | float)
+            or not math.isfinite(temperature) or temperature <= 0):
+        raise OtrainError(f"temperature must be a positive number, got {temperature!r:.40}")
+    if isinstance(bias, bool) or not isinstance(bias, int | float) or not math.isfinite(bias):
+        raise OtrainError(f"logit bias must be a finite number, got {bias!r:.40}")
+    return 3 if bias != 0 else 2 if ("ensemble" in meta or temperature != 1) else 1
 
 
 def check_tensors(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any],

@@ -9,16 +9,17 @@ safetensors header metadata holds, under the key ``"otrain"``, a JSON object::
     input_size        [H, W]                    dropout          float
     normalisation     otrain.models.normalise method   threshold        P(real) above which "real"
     class_names       ["bogus", "real"]         training         provenance (cube, splits, metrics)
-    otrain_version, torch_version
-    temperature       logits are divided by it (calibration; absent = 1)
+    otrain_version, torch_version               temperature      logits / it (absent = 1)
+    logit_bias        then added to the real-class logit (prior correction; absent = 0)
     threshold_choice  how ``threshold`` was chosen ({"method": "given" | "target_fnr" | ...})
     calibration       ECE / Brier before and after, and the rows the temperature was fitted on
     ensemble          only for ensembles: {"n_members": M, "members": [{seed, split, metrics}...]}
 
 An ensemble keeps each member's tensors under ``member<i>.``; a single network's tensors have
-no prefix (as in format 1). Files that need the new keys (an ensemble or a temperature other
-than 1) are written as format 2, others as format 1; both are read. Scoring (members,
-temperature, MC-dropout) is :mod:`otrain.models.ensemble`.
+no prefix (as in format 1). Files with a logit bias are format 3, with an ensemble or a
+temperature format 2, others format 1 (:func:`~otrain.models.integrity.calibration_format`);
+an older otrain refuses a newer format rather than score it wrongly. Scoring: :mod:`otrain.
+models.ensemble`.
 
 Loading never unpickles anything: the network is rebuilt from the registry by name and the
 tensors are copied in, so a model file cannot run code.
@@ -27,7 +28,6 @@ tensors are copied in, so a model file cannot run code.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +43,20 @@ from otrain._version import __version__
 from otrain.errors import ModelFileError, OtrainError
 from otrain.models.device import resolve_device
 from otrain.models.ensemble import member_probabilities, member_state, prefixed_state
-from otrain.models.integrity import DIGEST_KEY, check_metadata, check_tensors, tensor_digest
+from otrain.models.integrity import (
+    DIGEST_KEY,
+    calibration_format,
+    check_metadata,
+    check_tensors,
+    tensor_digest,
+)
 from otrain.models.networks import build_model
 from otrain.models.normalise import check_method
 from otrain.outputs import atomic_output
 
 FORMAT_NAME = "otrain-model"
-#: Newest format read and written (2: ensembles/temperature; 1 still used for plain models).
-FORMAT_VERSION = 2
+#: Newest format read and written (3: logit bias; 2: ensembles/temperature; 1: plain models).
+FORMAT_VERSION = 3
 METADATA_KEY = "otrain"
 CLASS_NAMES = ["bogus", "real"]
 _GENERIC_PREFIX = "ch"
@@ -93,6 +99,11 @@ class LoadedModel:
     def temperature(self) -> float:
         """Calibration temperature (1 for uncalibrated / old files)."""
         return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def logit_bias(self) -> float:
+        """Added to the real-class logit after the temperature (0 for older files)."""
+        return float(self.meta.get("logit_bias", 0.0))
 
     @property
     def is_ensemble(self) -> bool:
@@ -181,10 +192,7 @@ def _complete_meta(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("threshold", 0.5)
     out["class_names"] = list(CLASS_NAMES)
     out["format"] = FORMAT_NAME
-    temperature = float(out.get("temperature", 1.0))
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise OtrainError(f"temperature must be a positive number, got {temperature}")
-    out["format_version"] = 2 if ("ensemble" in out or temperature != 1.0) else 1
+    out["format_version"] = calibration_format(out)
     out["otrain_version"] = __version__
     out["torch_version"] = torch.__version__
     return out
@@ -370,14 +378,12 @@ def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512
     batch_size : int, default 512
         Cutouts per forward pass.
     mc_samples, seed : int, default 0
-        MC-dropout passes per member (0: none) and their seed
-        (:mod:`otrain.models.ensemble`).
+        MC-dropout passes per member (0: none) and their seed (:mod:`otrain.models.ensemble`).
 
     Returns
     -------
     numpy.ndarray
-        float64 ``(N,)``: mean of ``softmax(logits / T)[:, 1]`` (for an old single-model file:
-        the softmax column 1, as before).
+        float64 ``(N,)``: the mean of the members' calibrated P(real).
 
     Raises
     ------
@@ -389,7 +395,6 @@ def predict_proba(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512
 
 def predict_with_spread(loaded: LoadedModel, images: np.ndarray, batch_size: int = 512,
                         mc_samples: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(p_real, p_real_std)``: :func:`predict_proba` and the spread of the members / passes
-    (zeros for one network without MC-dropout)."""
+    """``(p_real, p_real_std)``: :func:`predict_proba` and the members' / passes' spread."""
     p = member_probabilities(loaded, images, batch_size, mc_samples, seed)
     return p.mean(axis=0), p.std(axis=0)

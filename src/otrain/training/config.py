@@ -12,7 +12,8 @@ from otrain.models.normalise import AUTO, TRAIN_METHODS, resolve_method
 from otrain.models.precision import PRECISIONS
 
 __all__ = ["AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS", "AUTO_PATIENCE_STEPS", "AUTO_STEPS",
-           "LR_SCHEDULES", "TrainConfig", "auto_schedule", "epoch_lr", "resolve_for_cube",
+           "AUTO_TARGET_FPR", "EPOCH_THRESHOLD", "LR_SCHEDULES", "TrainConfig", "auto_schedule",
+           "epoch_lr", "resolve_for_cube",
            "resolve_schedule"]
 
 #: Learning-rate schedules of :class:`TrainConfig`.
@@ -27,6 +28,13 @@ AUTO_PATIENCE_STEPS = 400
 #: Network of ``arch="auto"`` for cubes made from survey alerts (benchmarks/ztf.py: vgg6 beat the
 #: O'TRAIN network on every ZTF configuration at a third of the cost); other cubes keep O'TRAIN's.
 ALERT_ARCH, CUTOUT_ARCH = "vgg6", "otrain"
+#: ``threshold="auto"``: the stored threshold is the lowest whose false-positive rate on the
+#: (calibrated) validation rows is at most this. With calibrated P(real) on a set where bogus
+#: cutouts are the minority (public ZTF alerts: 11%), ``P > 0.5`` calls about half of them real
+#: (benchmarks/ztf_recalibrate.py); a threshold chosen for an FPR keeps the rate known.
+AUTO_TARGET_FPR = 0.1
+#: Threshold of the per-epoch training / validation accuracies when ``threshold="auto"``.
+EPOCH_THRESHOLD = 0.5
 
 
 @dataclass
@@ -43,8 +51,11 @@ class TrainConfig:
     test_frac: float = 0.15
     #: Rate of every dropout layer.
     dropout: float = 0.3
-    #: P(real) above which a cutout counts as real (accuracies, metrics; stored in the model).
-    threshold: float = 0.5
+    #: P(real) above which a cutout counts as real (metrics; stored in the model). ``"auto"``:
+    #: chosen on the validation rows for a false-positive rate of :data:`AUTO_TARGET_FPR`
+    #: (0.5 with a note when they hold no bogus row); ``target_fnr`` / ``target_fpr`` choose it
+    #: for another target.
+    threshold: float | str = AUTO
     #: Seeds the split, initial weights, shuffling, augmentation and dropout.
     seed: int = 0
     batch_size: int = 32
@@ -93,13 +104,21 @@ class TrainConfig:
     #: Ensemble members early-stop on their own grouped split of the training rows (True) or
     #: all on the shared validation rows (False).
     member_splits: bool = True
-    #: Fit temperature scaling on the validation rows after training (stored in the model).
+    #: Calibrate after training (stored in the model): with class weights, the prior correction
+    #: ``logit_bias = log(n_real / n_bogus)`` of the training rows, then a temperature fitted
+    #: on the validation rows (:mod:`otrain.training.ensemble`).
     calibrate: bool = True
     #: Choose the stored threshold on the validation rows (calibrated scores) so that their
     #: false-negative rate is at most this (excludes ``threshold`` and ``target_fpr``).
     target_fnr: float | None = None
     #: As ``target_fnr``, for the false-positive rate.
     target_fpr: float | None = None
+
+    @property
+    def epoch_threshold(self) -> float:
+        """Threshold of the per-epoch accuracies: the given one, else :data:`EPOCH_THRESHOLD`
+        (the stored threshold of ``"auto"`` is chosen only after training)."""
+        return EPOCH_THRESHOLD if self.threshold == AUTO else float(self.threshold)
 
     def validate(self) -> None:
         """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
@@ -109,8 +128,9 @@ class TrainConfig:
             raise OtrainError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise OtrainError(f"learning rate must be positive, got {self.lr}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise OtrainError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.threshold != AUTO and (isinstance(self.threshold, str)
+                                       or not 0.0 <= self.threshold <= 1.0):
+            raise OtrainError(f"threshold must be 'auto' or in [0, 1], got {self.threshold}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise OtrainError(f"unknown learning-rate schedule '{self.lr_schedule}'; choose "
                               f"from {', '.join(LR_SCHEDULES)}")
@@ -134,7 +154,7 @@ class TrainConfig:
         if self.target_fnr is not None and self.target_fpr is not None:
             raise OtrainError("give a target FNR or a target FPR, not both")
         if (self.target_fnr is not None or self.target_fpr is not None) and \
-                self.threshold != 0.5:
+                self.threshold != AUTO:
             raise OtrainError("give a threshold or a target FNR / FPR, not both")
         if self.arch != AUTO and self.arch not in available_architectures():
             raise OtrainError(f"unknown architecture '{self.arch}'; choose from auto, "

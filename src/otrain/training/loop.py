@@ -13,8 +13,7 @@ Everything lands in ``<model_path>/CNN_training/<model_name>/`` (the original O'
     validation_set/datacube/cube_validation.h5 the validation rows (for otrain-diagnostics, ...)
     test_set/datacube/cube_test.h5             the held-out test rows (when test_frac > 0)
 
-Ensembles, temperature scaling, the threshold: :mod:`otrain.training.ensemble` (members train
-in turn, checkpointed in ``checkpoint_member<i>.pt``; history.csv gains a ``member`` column).
+Ensembles (``checkpoint_member<i>.pt``), calibration, threshold: :mod:`otrain.training.ensemble`.
 
 Data: images are read through :meth:`otrain.datacube.Datacube.read` in sorted batches. When the
 labelled rows take at most ``memory_limit_gb`` (2 GB by default) they are read and normalised once
@@ -255,12 +254,13 @@ def _train(ctx: DistContext, cube_path: str | Path, model_path: str | Path, mode
                 resolved = (mconf.epochs, mconf.patience)
         config = replace(config, epochs=resolved[0], patience=resolved[1])
         nets = [st.net for st in states]
-        extra, metrics = ens.calibrate_and_measure(nets, source, split, y_all, config, ctx, dev)
+        extra, metrics = ens.calibrate_and_measure(nets, source, split, y_all, config, ctx, dev,
+                                                   quiet)
         for m, row in zip(members, metrics.pop("members"), strict=True):
             m.update(row)
         if config.ensemble > 1:
             extra["ensemble"] = {"members": members, "combination": "mean of the members' "
-                                 "softmax(logits / temperature)"}
+                                 "softmax(logits / temperature + [0, logit_bias])"}
             metrics["members"] = members
         history = [{**row, "member": i} if config.ensemble > 1 else row
                    for i, st in enumerate(states) for row in st.history]
@@ -356,7 +356,7 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                 generator=loader_gen, pin_memory=dev.type == "cuda")
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
-                sums = _train_epoch(model, loader, st.opt, crit, dev, config.threshold, bar,
+                sums = _train_epoch(model, loader, st.opt, crit, dev, config.epoch_threshold, bar,
                                     shares, st.prec)
             loss_sum, correct, total = ctx.all_sum(sums)
             check_finite(loss_sum, "training loss", epoch, config)
@@ -364,7 +364,7 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                       config.batch_size, st.prec.precision)
             check_finite(float(val_logits.sum()), "validation output", epoch, config)
             v_loss, v_acc, v_auc = evaluate(val_logits, st.y_all[st.split.val], weight,
-                                             config.threshold)
+                                             config.epoch_threshold)
             # rank 0's numbers decide (early stopping, best epoch) on every rank
             v_loss, v_acc, v_auc, seconds = ctx.broadcast([v_loss, v_acc, v_auc,
                                                            time.monotonic() - t0])
