@@ -59,11 +59,49 @@ def test_worker_pool_stops_on_group_signal(sig: int, status: int) -> None:
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
+_OTHER_THREAD = """
+import signal, sys, threading, time
+from otrain.cli.main import _execute
+from otrain.parallel import ordered_map
+
+def slow(x):
+    time.sleep(0.02)
+    return x
+
+def run(args):
+    # a thread that does not block the stop signals (as a numerical library's threads), then
+    # the main thread blocks them: the kernel must hand the group's signal to that thread
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    for i, _ in enumerate(ordered_map(slow, list(range(20000)), 2, 256)):
+        if i == 0:
+            print("started", flush=True)
+    return 0
+
+sys.exit(_execute("slowmap", run, None))
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_taken_by_another_thread_still_stops_the_pool(sig: int, status: int) -> None:
+    """The hang found in convert: the signal went to a thread other than the main one, whose
+    wait for the pool's results never returned to run the handler."""
+    proc = subprocess.Popen([sys.executable, "-c", _OTHER_THREAD], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    code, seconds, err = _stop(proc, sig)
+    assert code == status, err
+    assert seconds < 5
+    assert "Traceback" not in err, err
+
+
 def _children(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
+    """Child processes of ``pid``, whichever of its threads started them."""
+    out: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += (task / "children").read_text().split()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +171,46 @@ def test_train_interrupted_with_loader_workers(tmp_path: Path, sig: int, status:
                              capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     assert (folder / "m.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_infer_on_a_local_dask_cluster_interrupted(tmp_path: Path, sig: int,
+                                                   status: int) -> None:
+    """otrain-infer --scheduler local: the signal (to the whole group, workers included) ends
+    the command and its Dask workers within seconds, with its one line and no Dask warnings,
+    tracebacks or output file."""
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    import torch
+
+    from otrain.models.modelfile import save_model
+    from otrain.models.networks import build_model
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.safetensors", build_model("otrain", 1, (32, 32), 0.3),
+                       {"normalisation": "zscore"})
+    cutouts = make_labelled_folder(tmp_path / "cut", 1500, 1500, size=32)
+    out = tmp_path / "scores.dat"
+    proc = subprocess.Popen(
+        [str(BIN / "otrain-infer"), "--cutouts", str(cutouts / "true"), str(cutouts / "false"),
+         "--model", str(model), "--output", str(out), "--scheduler", "local", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 90
+    while len(_children(proc.pid)) < 2:  # the cluster's worker processes are up
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"infer ended or stalled before its cluster started: {proc.communicate()}")
+        time.sleep(0.05)
+    time.sleep(2.0)  # workers registered, scoring under way
+    code, seconds, err = _stop(proc, sig, limit=20)
+    if code == 0:
+        pytest.skip("infer finished before the signal arrived")
+    assert code == status, err
+    assert seconds < 5, err
+    assert "Traceback" not in err and "WARNING" not in err, err
+    assert err.strip().splitlines()[-1].endswith("interrupted" if status == 130 else
+                                                  "terminated"), err
+    assert not out.exists() and not [p.name for p in tmp_path.iterdir() if p.name[0] == "."]
+    time.sleep(0.5)
+    assert _children(proc.pid) == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -107,7 +108,15 @@ def dask_client(scheduler: str, workers: int = 0, timeout: float | None = None,
             silence_logs=logging.ERROR if quiet else logging.WARNING)
         try:
             with distributed.Client(cluster) as client:
+                # Ctrl-C reaches the whole process group: the local workers leave it to this
+                # process, which kills them (else each logs its cancelled task)
+                with contextlib.suppress(Exception):
+                    client.run(_ignore_sigint)
                 yield client
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: stop now, quietly
+                _stop_workers_now()
+            raise
         finally:
             cluster.close()
         return
@@ -126,6 +135,23 @@ def dask_client(scheduler: str, workers: int = 0, timeout: float | None = None,
         yield client
     finally:
         client.close()
+
+
+def _ignore_sigint() -> None:
+    """Run on each local worker: SIGINT is for the otrain process that owns the cluster."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers_now() -> None:
+    """On an interrupt: silence distributed's shutdown warnings (cancelled tasks, a nanny
+    waiting 4 s for its worker) and kill this process's local worker processes, so the
+    command ends in about a second with its own one line."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(Exception):
+            child.kill()
 
 
 def use_client(client: Any, scheduler: str, workers: int = 0, quiet: bool = False

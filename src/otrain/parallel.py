@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -110,6 +110,20 @@ def _kill_pool(pool: mp.pool.Pool) -> None:
     finaliser.cancel()
 
 
+def _get(pending: Any) -> list[Any]:
+    """``pending.get()``, waiting in short steps.
+
+    A signal for the whole process group may be taken by a thread other than the main one
+    (one that does not block it, e.g. a numerical library's); Python then runs its handler in
+    the main thread only at the next bytecode, which an endless ``get()`` never reaches (and
+    the workers the same signal killed took their tasks with them): a hang. Waking every
+    0.1 s lets the handler raise (KeyboardInterrupt, SIGTERM's exception) within that time.
+    """
+    while not pending.ready():
+        pending.wait(0.1)
+    return pending.get()
+
+
 def ordered_map(
     func: Callable[[T], R],
     items: Sequence[T],
@@ -155,7 +169,7 @@ def ordered_map(
         pending = pool.map_async(func, batches[0], chunksize) if batches else None
         for k in range(len(batches)):
             assert pending is not None
-            results = pending.get()
+            results = _get(pending)
             pending = (pool.map_async(func, batches[k + 1], chunksize)
                        if k + 1 < len(batches) else None)
             yield from results

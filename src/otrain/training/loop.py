@@ -91,6 +91,7 @@ from otrain.training.splits import (
     EpochBatches,
     Split,
     SplitImages,
+    epoch_loader,
     epoch_plan,
     epoch_torch_seed,
 )
@@ -351,9 +352,8 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                            b.size / ctx.world_size) for b in batches]
                 batches, codes = distributed.shard_plan(batches, codes, ctx.rank,
                                                         ctx.world_size)
-            loader = DataLoader(EpochBatches(st.source, st.y_all, batches, codes),
-                                batch_size=None, shuffle=False, num_workers=n_workers,
-                                generator=loader_gen, pin_memory=dev.type == "cuda")
+            loader = epoch_loader(EpochBatches(st.source, st.y_all, batches, codes), n_workers,
+                                  loader_gen, dev.type == "cuda")
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
                 sums = _train_epoch(model, loader, st.opt, crit, dev, config.epoch_threshold, bar,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from otrain.datacube.cube import Datacube
 from otrain.datacube.hdf5 import open_datacube
@@ -295,6 +295,28 @@ class EpochBatches(Dataset):
         if self.codes is not None:
             x = augment(x, self.codes[i])
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.labels[rows])
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT / SIGTERM to the training process.
+
+    A terminal's Ctrl-C or a batch system's SIGTERM reaches the whole process group: workers
+    killed by it make torch's SIGCHLD handler raise inside the loader's clean-up ("Exception
+    ignored ... DataLoader worker is killed by signal"). Ignoring the signal here lets the
+    training process stop and shut its workers down in order (they still end when it dies).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def epoch_loader(batches: EpochBatches, workers: int, generator: torch.Generator,
+                 pin_memory: bool) -> DataLoader:
+    """The DataLoader of one epoch's batches (``workers`` processes, 0: in this process)."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                      generator=generator, pin_memory=pin_memory,
+                      worker_init_fn=_quiet_worker if workers else None)
 
 
 def epoch_plan(rows: np.ndarray, seed: int, epoch: int, batch_size: int, n_codes: int,
