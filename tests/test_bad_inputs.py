@@ -302,3 +302,16 @@ def test_some_non_finite_scores_counted() -> None:
     account(report, Table({"label1": [0.2, np.nan, 0.9], "edge": [False] * 3}), 0.5)
     assert report.n_nonfinite == 1
     assert "note: 1 of 3 scores are not finite" in report.summary()
+
+
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_impossible_cutout_size_is_refused_before_reading(tmp_path: Path, size: str) -> None:
+    src = make_labelled_folder(tmp_path / "cut", 3, 3)
+    proc = run_cli("otrain-convert", "--path", str(tmp_path / "out"), "--cube", "c",
+                   "--cutouts", str(src), "--cutout-size", size)
+    assert_clean_error(proc, "--cutout-size must be a positive number of pixels or -1")
+    assert "reading" not in proc.stderr  # no file was read first
+    from otrain.convert.folders import ConvertConfig
+
+    with pytest.raises(OtrainError, match="cutout-size"):
+        ConvertConfig(cutout_size=int(size))
