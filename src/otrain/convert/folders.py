@@ -82,14 +82,12 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any file is read (one line each)."""
-        if isinstance(self.cutout_size, bool) or not isinstance(self.cutout_size, int) or (
-                self.cutout_size != -1 and self.cutout_size < 1):
+        if self.cutout_size != -1 and not self.cutout_size >= 1:
             raise OtrainError(f"--cutout-size must be a positive number of pixels or -1 (the "
                               f"full size), got {self.cutout_size}")
-        if self.batch_size < 1:
-            raise OtrainError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise OtrainError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise OtrainError(f"batch size must be >= 1 and --workers >= 0 (0: one per core), "
+                              f"got {self.batch_size} and {self.workers}")
 
 
 @dataclass
