@@ -7,9 +7,10 @@ Every model is trained as a user following the README would, with the defaults o
 --alerts`` (every labelled alert, ``drb >= 0.5`` real, triplets diff,sci,ref, the default cutout
 size) and of ``otrain-train --cube C --group-by objectId`` (``--epochs auto``, ``--arch auto``
 (vgg6 here), ``--normalise auto`` (l2), calibration (the prior correction of the class weights
-and a temperature fitted on the validation rows), the stored threshold chosen on the validation
-rows for an FPR of 10%); ``--ensemble 5`` adds 5 members. Each run also reports the test FPR and
-FNR had the threshold been chosen for an FPR of 5%, 10% or 20% (``targets``).
+and a temperature fitted on the validation rows), the stored threshold of best validation MCC
+among those of validation FPR <= 10%); ``--ensemble 5`` adds 5 members. Each run also reports
+the test FPR and FNR had the threshold been the lowest of validation FPR <= 5%, 10% or 20%
+(``--target-fpr``; ``targets``).
 
 1. Object-wise splits: ``--test-frac 0.25`` (so a test set holds ~38 bogus alerts) with seeds
    0..S-1 (``--splits``); single model and ensemble on the same split. Test metrics: ROC AUC, MCC

@@ -129,20 +129,42 @@ def test_prior_correction_undoes_class_weights() -> None:
     assert prior_bias(10, 0) == 0.0 and prior_bias(0, 5) == 0.0
 
 
-def test_default_threshold_is_chosen_for_a_false_positive_rate() -> None:
+def test_default_threshold_is_the_best_mcc_within_the_fpr_budget() -> None:
     from otrain.training.config import AUTO_TARGET_FPR
     from otrain.training.ensemble import choose_threshold
 
+    # overlapping classes: within the FPR budget, and no worse than its lowest threshold
     y = np.r_[np.zeros(40, int), np.ones(60, int)]
     p = np.r_[np.linspace(0.0, 0.8, 40), np.linspace(0.3, 1.0, 60)]
     thr, choice = choose_threshold(TrainConfig(), y, p, quiet=True)
-    assert choice["method"] == "target_fpr" and choice["default"]
+    assert choice["method"] == "max_mcc_within_fpr" and choice["default"]
     assert choice["target"] == AUTO_TARGET_FPR
     assert binary_metrics(y, p, thr)["fpr"] <= AUTO_TARGET_FPR
-    assert binary_metrics(y, p, thr - 0.03)["fpr"] > AUTO_TARGET_FPR  # the lowest such
+    lowest = threshold_for_target(y, p, target_fpr=AUTO_TARGET_FPR)
+    assert thr >= lowest
+    assert binary_metrics(y, p, thr)["mcc"] >= binary_metrics(y, p, lowest)["mcc"]
     assert choice["n_rows_of_class"] == 40 and "note" not in choice  # 40 >= FEW_BOGUS
     few = choose_threshold(TrainConfig(), y[20:], p[20:], quiet=True)[1]
     assert few["n_rows_of_class"] == 20 and "chosen on 20 bogus" in few["note"]
+    # a strong model: a balanced point well inside the budget, not the lowest threshold
+    rng = np.random.default_rng(0)
+    p2 = np.r_[rng.beta(2, 8, 200), rng.beta(8, 2, 200)]
+    y2 = np.r_[np.zeros(200, int), np.ones(200, int)]
+    thr2, _ = choose_threshold(TrainConfig(), y2, p2, quiet=True)
+    lowest2 = threshold_for_target(y2, p2, target_fpr=AUTO_TARGET_FPR)
+    at, low = binary_metrics(y2, p2, thr2), binary_metrics(y2, p2, lowest2)
+    assert thr2 > lowest2 and at["mcc"] > low["mcc"] and at["fpr"] < AUTO_TARGET_FPR / 2
+    grid = np.linspace(lowest2, 1.0, 400)  # no threshold within the budget does better
+    assert at["mcc"] >= max(binary_metrics(y2, p2, t)["mcc"] for t in grid) - 1e-12
+    # a weak model (bogus scores all over, the best MCC far outside the budget): the FPR budget
+    # binds, the default is the lowest threshold meeting it
+    y4 = np.r_[np.zeros(100, int), np.ones(100, int)]
+    p4 = np.r_[np.linspace(0.0, 1.0, 100), np.linspace(0.5, 1.0, 100)]
+    thr4, _ = choose_threshold(TrainConfig(), y4, p4, quiet=True)
+    assert thr4 == threshold_for_target(y4, p4, target_fpr=AUTO_TARGET_FPR)
+    # an explicit --target-fpr keeps its meaning: the lowest threshold meeting it
+    thr3, c3 = choose_threshold(TrainConfig(target_fpr=0.1), y2, p2, quiet=True)
+    assert thr3 == lowest2 and c3["method"] == "target_fpr" and not c3["default"]
     # a given threshold is kept; no bogus validation row: 0.5 with a recorded reason
     assert choose_threshold(TrainConfig(threshold=0.7), y, p, quiet=True)[0] == 0.7
     thr, choice = choose_threshold(TrainConfig(), np.ones(5, int), np.full(5, 0.9), quiet=True)

@@ -238,3 +238,76 @@ def threshold_for_target(y_true: Sequence[int] | np.ndarray, p_real: Sequence[fl
     # FPR(t) = share of bogus rows with p > t, non-increasing in t
     fpr = 1.0 - np.searchsorted(np.sort(scores), cands, side="right") / scores.size
     return float(cands[int(np.flatnonzero(fpr <= target + 1e-12).min())])
+
+
+def confusion_counts(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
+                     thresholds: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
+    """TP, FP, TN, FN at each threshold (real when ``P(real) > threshold``).
+
+    Parameters
+    ----------
+    y_true : sequence of int
+        1 real, 0 bogus.
+    p_real : sequence of float
+        Scores.
+    thresholds : sequence of float
+        Thresholds to evaluate.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``tp``, ``fp``, ``tn``, ``fn`` (int64, one value per threshold).
+    """
+    y = np.asarray(y_true).ravel()
+    p = np.asarray(p_real, dtype=np.float64).ravel()
+    t = np.asarray(thresholds, dtype=np.float64).ravel()
+    real = np.sort(p[y == 1])
+    bogus = np.sort(p[y == 0])
+    fn = np.searchsorted(real, t, side="right").astype(np.int64)  # real with p <= t
+    tn = np.searchsorted(bogus, t, side="right").astype(np.int64)
+    return {"tp": real.size - fn, "fp": bogus.size - tn, "tn": tn, "fn": fn}
+
+
+def rates(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1, MCC, FPR and FNR from confusion counts (0 where undefined).
+
+    Parameters
+    ----------
+    tp, fp, tn, fn : numpy.ndarray
+        Counts (same shape).
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``precision``, ``recall``, ``f1``, ``mcc``, ``fpr``, ``fnr`` (float64).
+    """
+    tp, fp, tn, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, tn, fn))
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    den_mcc = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "mcc": ratio(tp * tn - fp * fn, den_mcc),
+        "fpr": ratio(fp, fp + tn),
+        "fnr": ratio(fn, fn + tp),
+    }
+
+
+def best_mcc_threshold(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
+                       minimum: float = 0.0) -> float:
+    """The threshold of highest MCC among those at or above ``minimum`` (real when ``p > t``).
+
+    Candidates are ``minimum`` and the midpoints between consecutive distinct scores above it
+    (and above the highest score), so the choice sits between two rows, not on one; ties go to
+    the lowest threshold.
+    """
+    y, p = _checked(y_true, p_real)
+    above = np.unique(p[p > minimum])
+    cands = np.concatenate([[minimum], (above[:-1] + above[1:]) / 2 if above.size else [],
+                            [(above[-1] + 1.0) / 2] if above.size else []])
+    counts = confusion_counts(y, p, cands)
+    return float(cands[int(np.argmax(rates(**counts)["mcc"]))])

@@ -80,10 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     point = parser.add_mutually_exclusive_group()
     point.add_argument("--threshold", type=float, default=None,
                        help="P(real) above which a candidate counts as real, stored in the "
-                            "model and used in the metrics (default: chosen on the validation "
-                            f"rows for a false-positive rate of {AUTO_TARGET_FPR:g}, as "
-                            f"--target-fpr {AUTO_TARGET_FPR:g}; O'TRAIN's fixed 0.5 called "
-                            "about half the bogus ZTF alerts real once P(real) is calibrated)")
+                            "model and used in the metrics (default: the best MCC on the "
+                            "validation rows among the thresholds whose false-positive rate is "
+                            f"<= {AUTO_TARGET_FPR:g}; O'TRAIN's fixed 0.5 called about half the "
+                            "bogus ZTF alerts real once P(real) is calibrated)")
     point.add_argument("--target-fnr", type=float, default=None, metavar="F",
                        help="choose the stored threshold on the validation rows (calibrated "
                             "scores): the highest whose false-negative rate is <= F, e.g. 0.05")
@@ -214,8 +214,9 @@ def _calibration_lines(metrics: dict) -> str:
                          f"{b['brier']:.4f} -> {a['brier']:.4f}")
     choice = metrics.get("threshold_choice") or {"method": "given"}
     how = (choice["method"] if choice["method"] in ("given", "default") else
-           f"{choice['method'].replace('_', ' ')} {choice['target']:g} on the validation rows"
-           + (", the default" if choice.get("default") else ""))
+           f"best MCC with FPR <= {choice['target']:g} on the validation rows, the default"
+           if choice["method"] == "max_mcc_within_fpr" else
+           f"{choice['method'].replace('_', ' ')} {choice['target']:g} on the validation rows")
     lines.append(f"threshold {metrics['threshold']:.4g} ({how})")
     rates = metrics.get("test_error_rates")
     if rates and rates["fnr"] is not None and rates["fpr"] is not None:

@@ -62,6 +62,12 @@ def describe_choice(choice: dict[str, Any] | None, threshold: float | None = Non
     rate = "false-negative" if method == "target_fnr" else "false-positive"
     text = (f"chosen at training on the validation rows' calibrated scores: {rate} rate at "
             f"most {choice.get('target', float('nan')):g}")
+    if method == "max_mcc_within_fpr":
+        text = (f"chosen at training on the validation rows' calibrated scores: best MCC among "
+                f"the thresholds of false-positive rate at most "
+                f"{choice.get('target', float('nan')):g} (the default)")
+    elif method == "default":
+        text = f"the fallback 0.5 ({choice.get('reason', 'no reason recorded')})"
     if choice.get("validation_fnr") is not None:
         text += (f" (validation FNR {choice['validation_fnr']:.4f}, FPR "
                  f"{choice['validation_fpr']:.4f})")

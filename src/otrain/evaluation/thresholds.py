@@ -22,66 +22,13 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from otrain.errors import OtrainError
+from otrain.metrics import confusion_counts, rates
+
+__all__ = ["FNR_TARGETS", "confusion_counts", "format_thresholds", "operating_points",
+           "optimal_thresholds", "rates"]
 
 #: Default FNR targets: 1 % and 5 % of the real candidates lost.
 FNR_TARGETS: tuple[float, ...] = (0.01, 0.05)
-
-
-def confusion_counts(y_true: Sequence[int] | np.ndarray, p_real: Sequence[float] | np.ndarray,
-                     thresholds: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
-    """TP, FP, TN, FN at each threshold (real when ``P(real) > threshold``).
-
-    Parameters
-    ----------
-    y_true : sequence of int
-        1 real, 0 bogus.
-    p_real : sequence of float
-        Scores.
-    thresholds : sequence of float
-        Thresholds to evaluate.
-
-    Returns
-    -------
-    dict of numpy.ndarray
-        ``tp``, ``fp``, ``tn``, ``fn`` (int64, one value per threshold).
-    """
-    y = np.asarray(y_true).ravel()
-    p = np.asarray(p_real, dtype=np.float64).ravel()
-    t = np.asarray(thresholds, dtype=np.float64).ravel()
-    real = np.sort(p[y == 1])
-    bogus = np.sort(p[y == 0])
-    fn = np.searchsorted(real, t, side="right").astype(np.int64)  # real with p <= t
-    tn = np.searchsorted(bogus, t, side="right").astype(np.int64)
-    return {"tp": real.size - fn, "fp": bogus.size - tn, "tn": tn, "fn": fn}
-
-
-def rates(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision, recall, F1, MCC, FPR and FNR from confusion counts (0 where undefined).
-
-    Parameters
-    ----------
-    tp, fp, tn, fn : numpy.ndarray
-        Counts (same shape).
-
-    Returns
-    -------
-    dict of numpy.ndarray
-        ``precision``, ``recall``, ``f1``, ``mcc``, ``fpr``, ``fnr`` (float64).
-    """
-    tp, fp, tn, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, tn, fn))
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-    den_mcc = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return {
-        "precision": ratio(tp, tp + fp),
-        "recall": ratio(tp, tp + fn),
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "mcc": ratio(tp * tn - fp * fn, den_mcc),
-        "fpr": ratio(fp, fp + tn),
-        "fnr": ratio(fn, fn + tp),
-    }
 
 
 def operating_points(y_true: Sequence[int] | np.ndarray,

@@ -28,10 +28,11 @@ AUTO_PATIENCE_STEPS = 400
 #: Network of ``arch="auto"`` for cubes made from survey alerts (benchmarks/ztf.py: vgg6 beat the
 #: O'TRAIN network on every ZTF configuration at a third of the cost); other cubes keep O'TRAIN's.
 ALERT_ARCH, CUTOUT_ARCH = "vgg6", "otrain"
-#: ``threshold="auto"``: the stored threshold is the lowest whose false-positive rate on the
-#: (calibrated) validation rows is at most this. With calibrated P(real) on a set where bogus
-#: cutouts are the minority (public ZTF alerts: 11%), ``P > 0.5`` calls about half of them real
-#: (benchmarks/ztf_recalibrate.py); a threshold chosen for an FPR keeps the rate known.
+#: ``threshold="auto"``: the stored threshold is the one of best MCC among those whose
+#: false-positive rate on the (calibrated) validation rows is at most this. With calibrated
+#: P(real) on a set where bogus cutouts are the minority (public ZTF alerts: 11%), ``P > 0.5``
+#: calls about half of them real (benchmarks/ztf_recalibrate.py); a threshold held to an FPR
+#: keeps the rate known.
 AUTO_TARGET_FPR = 0.1
 #: Threshold of the per-epoch training / validation accuracies when ``threshold="auto"``.
 EPOCH_THRESHOLD = 0.5
@@ -52,7 +53,7 @@ class TrainConfig:
     #: Rate of every dropout layer.
     dropout: float = 0.3
     #: P(real) above which a cutout counts as real (metrics; stored in the model). ``"auto"``:
-    #: chosen on the validation rows for a false-positive rate of :data:`AUTO_TARGET_FPR`
+    #: the best validation MCC among thresholds of validation FPR <= :data:`AUTO_TARGET_FPR`
     #: (0.5 with a note when they hold no bogus row); ``target_fnr`` / ``target_fpr`` choose it
     #: for another target.
     threshold: float | str = AUTO

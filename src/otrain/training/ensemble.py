@@ -43,6 +43,7 @@ from torch import nn
 
 from otrain.datacube.cube import Datacube
 from otrain.metrics import (
+    best_mcc_threshold,
     binary_metrics,
     calibration_metrics,
     error_rates_with_intervals,
@@ -190,11 +191,15 @@ def choose_threshold(config: TrainConfig, y_val: np.ndarray, p_val: np.ndarray,
                      quiet: bool = False) -> tuple[float, dict[str, Any]]:
     """The stored threshold and how it was chosen (recorded as ``threshold_choice``).
 
-    A given ``threshold`` is kept. A target (``target_fnr``, ``target_fpr``, or the default
-    FPR :data:`~otrain.training.config.AUTO_TARGET_FPR` of ``threshold="auto"``) is met on the
-    calibrated validation scores; with no validation row of the class it needs, ``"auto"``
-    falls back to :data:`~otrain.training.config.EPOCH_THRESHOLD` (an explicit target is an
-    error), and with fewer than :data:`FEW_BOGUS` such rows the choice is noted as noisy.
+    A given ``threshold`` is kept. A target (``target_fnr``, ``target_fpr``) is met on the
+    calibrated validation scores. The default (``threshold="auto"``) is the threshold of best
+    MCC among those whose validation FPR is at most
+    :data:`~otrain.training.config.AUTO_TARGET_FPR`: a weak model gets the lowest threshold
+    meeting that FPR (as ``--target-fpr``), a strong one a balanced point well inside it rather
+    than spending the whole FPR budget on recall. With no validation row of the class it
+    needs, ``"auto"`` falls back to :data:`~otrain.training.config.EPOCH_THRESHOLD` (an
+    explicit target is an error), and with fewer than :data:`FEW_BOGUS` such rows the choice
+    is noted as noisy.
     """
     if config.threshold != AUTO:
         return float(config.threshold), {"method": "given", "value": float(config.threshold)}
@@ -210,6 +215,9 @@ def choose_threshold(config: TrainConfig, y_val: np.ndarray, p_val: np.ndarray,
         return EPOCH_THRESHOLD, {"method": "default", "value": EPOCH_THRESHOLD,
                                  "reason": f"no {name} validation row"}
     threshold = threshold_for_target(y_val, p_val, fnr, fpr)
+    if auto:
+        method = "max_mcc_within_fpr"
+        threshold = best_mcc_threshold(y_val, p_val, minimum=threshold)
     val = binary_metrics(y_val, p_val, threshold)
     choice: dict[str, Any] = {"method": method, "target": fnr if fnr is not None else fpr,
                               "default": auto, "rows": CALIBRATION_ROWS, "scores": "calibrated",
@@ -217,7 +225,7 @@ def choose_threshold(config: TrainConfig, y_val: np.ndarray, p_val: np.ndarray,
                               "validation_fpr": val["fpr"]}
     if n_cls < FEW_BOGUS:
         note = (f"the threshold {threshold:.4g} was chosen on {n_cls} {name} validation "
-                f"row(s) only: expect the {method[-3:].upper()} of new data to differ from "
+                f"row(s) only: expect the {'FNR' if cls else 'FPR'} of new data to differ from "
                 f"the target by several points (more {name} rows, or a larger --frac, help)")
         choice["note"] = note
         info(f"note: {note}", quiet)
