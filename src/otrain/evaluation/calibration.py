@@ -1,8 +1,8 @@
 """Calibration and operating point of scored cutouts, for diagnostics and the report.
 
 From one :class:`~otrain.evaluation.scores.Scores`: ECE (10 equal-width bins) and Brier score of
-the scores as the model gives them (calibrated by its temperature) and, when the model has a
-temperature other than 1, before calibration; the FNR and FPR at the threshold with Wilson 95%
+the scores as the model gives them (calibrated by its temperature and logit bias) and, when the
+model is calibrated, before calibration; the FNR and FPR at the threshold with Wilson 95%
 intervals; how the model's threshold was chosen (``threshold_choice`` of the model file); and,
 for an ensemble, the mean spread of the members.
 """
@@ -25,8 +25,8 @@ def calibration_summary(scores: Scores, threshold: float) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``temperature``, ``after`` (ECE / Brier of the scores used), ``before`` (without the
-        temperature; None when it is 1), ``error_rates``
+        ``temperature``, ``logit_bias``, ``after`` (ECE / Brier of the scores used),
+        ``before`` (without the calibration; None for an uncalibrated model), ``error_rates``
         (:func:`otrain.metrics.error_rates_with_intervals`), ``threshold_choice`` (from the
         model file, None for old files), ``n_members`` and ``mean_p_real_std`` (None for one
         network).
@@ -35,6 +35,7 @@ def calibration_summary(scores: Scores, threshold: float) -> dict[str, Any]:
     members = int((meta.get("ensemble") or {}).get("n_members", 1))
     return {
         "temperature": float(meta.get("temperature", 1.0)),
+        "logit_bias": float(meta.get("logit_bias", 0.0)),
         "after": calibration_metrics(scores.y_true, scores.p_real),
         "before": (calibration_metrics(scores.y_true, scores.p_uncalibrated)
                    if scores.p_uncalibrated is not None else None),
@@ -85,7 +86,8 @@ def format_calibration(summary: dict[str, Any]) -> str:
     a, b = summary["after"], summary["before"]
     line = f"calibration (10 bins): ECE {a['ece']:.4f}, Brier {a['brier']:.4f}"
     if b is not None:
-        line += (f"; before temperature {summary['temperature']:.4g}: ECE {b['ece']:.4f}, "
+        line += (f"; before calibration (temperature {summary['temperature']:.4g}, logit bias "
+                 f"{summary.get('logit_bias', 0.0):.4g}): ECE {b['ece']:.4f}, "
                  f"Brier {b['brier']:.4f}")
     lines = [line]
     r = summary["error_rates"]

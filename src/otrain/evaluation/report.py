@@ -55,7 +55,7 @@ _CAPTIONS = {
     "mag": "Recall and precision per magnitude bin, with the class counts of each bin.",
     "magerr": "Recall and precision per magnitude-error bin.",
     "reliability": "Calibration: fraction of real cutouts against the mean score of each bin "
-                   "(with the curve before temperature scaling when the model has one).",
+                   "(with the curve before calibration when the model is calibrated).",
     "reliability_prevalence": "Calibration on the cube and reweighted to the prevalence stated "
                               "above (the share of real candidates in the stream).",
 }
@@ -206,8 +206,10 @@ def _calibration_section(cal: dict[str, Any], train_metrics: dict[str, Any],
                          _num(c["after"]["brier"]), _num(c["before"]["ece"]),
                          _num(c["before"]["brier"])])
     out += _table(["rows", "ECE", "Brier", "ECE before", "Brier before"], crow)
-    out += (f'<p class="muted">Temperature {cal["temperature"]:.4g} (logits divided by it; 1 = '
-            "uncalibrated). ECE: 10 equal-width bins of P(real). Intervals: Wilson score.")
+    out += (f'<p class="muted">Temperature {cal["temperature"]:.4g} (logits divided by it), '
+            f'logit bias {cal.get("logit_bias", 0.0):.4g} (then added to the real logit: the '
+            "prior correction of the class weights); 1 and 0 = uncalibrated. ECE: 10 "
+            "equal-width bins of P(real). Intervals: Wilson score.")
     if cal["mean_p_real_std"] is not None:
         out += (f" Ensemble of {cal['n_members']} networks: the score is their mean P(real); "
                 f"mean spread (p_real_std) {cal['mean_p_real_std']:.4f}.")
@@ -251,6 +253,7 @@ def _model_card(meta: dict[str, Any], model_file: Path, cube_path: Path,
         ("normalisation", meta.get("normalisation")), ("dropout", meta.get("dropout")),
         ("threshold recorded", meta.get("threshold")),
         ("temperature", meta.get("temperature", 1.0)),
+        ("logit bias", meta.get("logit_bias", 0.0)),
         ("ensemble", f"{ens.get('n_members')} members, seeds "
                      f"{[m.get('seed') for m in ens.get('members', [])]}" if ens else "no"),
         ("training cube", f"{tr.get('cube', 'n/a')} ({tr.get('cube_rows', 'n/a')} rows)"),

@@ -24,12 +24,12 @@ early-stopping epoch, a mild optimism on a single scalar). Scores then carry the
 the training rows: a night with another bogus share is off by the same prior ratio.
 
 The threshold: ``target_fnr`` / ``target_fpr`` on the calibrated validation scores, a given
-``threshold``, or by default (``"auto"``) the target FPR
-:data:`~otrain.training.config.AUTO_TARGET_FPR`. The reported validation metrics use the same
-rows; the test rows, untouched until now, give the reported test numbers, with Wilson 95%
-intervals on the FNR and FPR. Why not out-of-fold: the members would each be calibrated on
-different rows, and the ensemble mean, which is what is scored, would have no common held-out
-rows at all. Members train in turn; history.csv gains a ``member`` column.
+``threshold``, or by default (``"auto"``) the best validation MCC within the FPR
+:data:`~otrain.training.config.AUTO_TARGET_FPR` (:func:`choose_threshold`). The reported
+validation metrics use the same rows; the test rows, untouched until now, give the reported test
+numbers, with Wilson 95% intervals on the FNR and FPR. Why not out-of-fold: the members would
+each be calibrated on different rows, and the ensemble mean, which is what is scored, would have
+no common held-out rows at all. Members train in turn; history.csv gains a ``member`` column.
 """
 
 from __future__ import annotations
