@@ -61,6 +61,7 @@ from otrain.evaluation.explain import (
     merge_deletions,
     occlusion_maps,
 )
+from otrain.models.ensemble import checked_images
 from otrain.models.modelfile import LoadedModel, load_model, predict_proba
 from otrain.outputs import atomic_output, check_writable, write_text_atomic
 from otrain.progress import Progress, info
@@ -104,12 +105,7 @@ def compute_grad_cam(loaded: LoadedModel, images: np.ndarray, threshold: float |
     -------
     GradCamResult
     """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4:
-        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
-    loaded.check_input(images.shape[1], images.shape[2:])
+    images = checked_images(loaded, images)
     threshold = loaded.threshold if threshold is None else float(threshold)
     # the score explained is the model's (calibrated, ensemble mean): one prediction path
     p_real = predict_proba(loaded, images, batch_size)

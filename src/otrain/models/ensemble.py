@@ -49,10 +49,10 @@ from torch import nn
 from otrain.errors import OtrainError
 from otrain.models.normalise import normalise
 
-__all__ = ["DROPOUT_TYPES", "MEMBER_PREFIX", "T_RANGE", "combine", "fit_temperature",
-           "logits_probabilities", "mc_dropout", "member_logits", "member_probabilities",
-           "member_state", "nll", "normalised_member_probabilities", "prefixed_state",
-           "prior_bias", "spread"]
+__all__ = ["DROPOUT_TYPES", "MEMBER_PREFIX", "T_RANGE", "checked_images", "combine",
+           "fit_temperature", "logits_probabilities", "mc_dropout", "member_logits",
+           "member_probabilities", "member_state", "nll", "normalised_member_probabilities",
+           "prefixed_state", "prior_bias", "spread"]
 
 MEMBER_PREFIX = "member"
 #: Search range of the temperature.
@@ -221,6 +221,24 @@ def _eval(net: Any) -> Iterator[Any]:
         net.train(was)
 
 
+def checked_images(loaded: Any, images: np.ndarray) -> np.ndarray:
+    """Raw cutouts as ``(N, C, H, W)`` (``(N, H, W)`` gains the channel axis), checked
+    against the model's channels and input size.
+
+    Raises
+    ------
+    OtrainError
+        If the images are not 3-D/4-D; ModelFileError if they do not fit the model.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
+    loaded.check_input(images.shape[1], images.shape[2:])
+    return images
+
+
 def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
                          mc_samples: int = 0, seed: int = 0,
                          calibrated: bool = True) -> np.ndarray:
@@ -243,12 +261,7 @@ def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
     OtrainError
         If the images are not 3-D/4-D; ModelFileError if they do not fit the model.
     """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4:
-        raise OtrainError(f"images must be (N, C, H, W), got shape {images.shape}")
-    loaded.check_input(images.shape[1], images.shape[2:])
+    images = checked_images(loaded, images)
     temperature = float(loaded.temperature) if calibrated else 1.0
     bias = float(getattr(loaded, "logit_bias", 0.0)) if calibrated else 0.0
     parts = []
@@ -263,10 +276,7 @@ def member_probabilities(loaded: Any, images: np.ndarray, batch_size: int = 512,
 def member_logits(loaded: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits ``(M, N, 2)`` (float32, eval mode) of each member for RAW cutouts, e.g. to
     compare calibrated and uncalibrated scores from one pass (:func:`logits_probabilities`)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    loaded.check_input(images.shape[1], images.shape[2:])
+    images = checked_images(loaded, images)
     out = np.empty((len(loaded.members), images.shape[0], 2), dtype=np.float32)
     with torch.no_grad():
         for m, net in enumerate(loaded.members):

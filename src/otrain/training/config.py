@@ -13,7 +13,7 @@ from otrain.models.precision import PRECISIONS
 
 __all__ = ["AUTO_MAX_EPOCHS", "AUTO_MIN_EPOCHS", "AUTO_PATIENCE_STEPS", "AUTO_STEPS",
            "AUTO_TARGET_FPR", "EPOCH_THRESHOLD", "LR_SCHEDULES", "TrainConfig", "auto_schedule",
-           "epoch_lr", "resolve_for_cube",
+           "epoch_lr", "epoch_threshold", "resolve_for_cube",
            "resolve_schedule"]
 
 #: Learning-rate schedules of :class:`TrainConfig`.
@@ -117,9 +117,8 @@ class TrainConfig:
 
     @property
     def epoch_threshold(self) -> float:
-        """Threshold of the per-epoch accuracies: the given one, else :data:`EPOCH_THRESHOLD`
-        (the stored threshold of ``"auto"`` is chosen only after training)."""
-        return EPOCH_THRESHOLD if self.threshold == AUTO else float(self.threshold)
+        """Threshold of the per-epoch accuracies (:func:`epoch_threshold`)."""
+        return epoch_threshold(self.threshold)
 
     def validate(self) -> None:
         """Raise :class:`~otrain.errors.OtrainError` for out-of-range settings."""
@@ -222,3 +221,9 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
     if config.lr_schedule == "cosine":
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
     return config.lr
+
+
+def epoch_threshold(threshold: float | str) -> float:
+    """Threshold of the per-epoch accuracies: the given one, else :data:`EPOCH_THRESHOLD`
+    (the stored threshold of ``"auto"`` is chosen only after training)."""
+    return EPOCH_THRESHOLD if threshold == AUTO else float(threshold)

@@ -24,7 +24,7 @@ from otrain.datacube.hdf5 import write_subset
 from otrain.errors import OtrainError
 from otrain.models.modelfile import save_model
 from otrain.outputs import atomic_output, write_text_atomic
-from otrain.training.config import EPOCH_THRESHOLD
+from otrain.training.config import epoch_threshold
 from otrain.training.splits import Split
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "seconds")
@@ -274,8 +274,8 @@ def _write_files(cube: Datacube, cube_path: str | Path, root: Path, model_name: 
     plot_history(root / f"{model_name}_loss_vs_epochs.png", history, "loss",
                  "loss (cross-entropy)", f"{model_name}: loss", best_epoch)
     plot_history(root / f"{model_name}_accuracy_vs_epochs.png", history, "acc",
-                 f"accuracy (P(real) > {_epoch_threshold(config):g})", f"{model_name}: accuracy",
-                 best_epoch)
+                 f"accuracy (P(real) > {epoch_threshold(config['threshold']):g})",
+                 f"{model_name}: accuracy", best_epoch)
     write_text_atomic(root / "metrics.json", json.dumps(metrics, indent=2) + "\n",
                       overwrite=True)
     prov = {"otrain_train": {"model": model_name, "seed": config["seed"],
@@ -286,8 +286,3 @@ def _write_files(cube: Datacube, cube_path: str | Path, root: Path, model_name: 
         write_subset(cube, split.test, root / "test_set/datacube/cube_test.h5",
                      overwrite=True, provenance={**prov, "split": "test"})
 
-
-def _epoch_threshold(config: dict[str, Any]) -> float:
-    """The threshold of the per-epoch accuracies (:attr:`TrainConfig.epoch_threshold`)."""
-    value = config["threshold"]
-    return EPOCH_THRESHOLD if isinstance(value, str) else float(value)
