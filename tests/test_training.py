@@ -173,6 +173,7 @@ def test_outputs_determinism_and_resume(cube: Path, tmp_path: Path) -> None:
     assert meta["channels"] == ["diff"] and meta["normalisation"] == "zscore"
     ckpt = torch.load(a.checkpoint, weights_only=True)  # safe to load
     assert ckpt["epoch"] == 3
+    assert ckpt["optimizer"]["param_groups"][0]["fused"] is True  # one kernel per step
 
     # same seed -> same weights; other seed -> other weights
     b = train(cube, tmp_path, "b", cfg, quiet=True)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from otrain.errors import OtrainError
+from otrain.models.dropout import Dropout
 
 #: Smallest cutout side the registered networks accept (three 2x2 poolings).
 MIN_SIZE = 8
@@ -58,16 +59,16 @@ class OTrainCNN(nn.Module):
         self.conv1 = _conv(in_channels, 16)
         self.conv2 = _conv(16, 32)
         self.pool1 = nn.AvgPool2d(2)
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
         self.conv3 = _conv(32, 64)
         self.pool2 = nn.MaxPool2d(2)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout)
         self.conv4 = _conv(64, 128)
         self.last_conv = _conv(128, 256)
         self.pool3 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(256 * (h // 8) * (w // 8), 512)
-        self.drop3 = nn.Dropout(dropout)
+        self.drop3 = Dropout(dropout)
         self.fc2 = nn.Linear(512, 256)
         self.out = nn.Linear(256, 2)
         self.act = nn.ReLU()
@@ -105,14 +106,14 @@ class VGG6(nn.Module):
         self.conv1 = _conv(in_channels, 16)
         self.conv2 = _conv(16, 16)
         self.pool1 = nn.MaxPool2d(2)
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
         self.conv3 = _conv(16, 32)
         self.last_conv = _conv(32, 32)
         self.pool2 = nn.MaxPool2d(2)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout)
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(32 * (h // 4) * (w // 4), 256)
-        self.drop3 = nn.Dropout(dropout)
+        self.drop3 = Dropout(dropout)
         self.out = nn.Linear(256, 2)
         self.act = nn.ReLU()
 

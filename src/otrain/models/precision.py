@@ -373,8 +373,16 @@ class TrainPrecision:
         """The context of a forward pass."""
         return autocast(self.device, self.precision)
 
-    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        """Backward pass and optimizer step (loss-scaled for fp16)."""
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward pass, accumulating into the gradients (loss-scaled for fp16)."""
         self.scaler.scale(loss).backward()
+
+    def apply(self, opt: torch.optim.Optimizer) -> None:
+        """Optimizer step on the accumulated gradients (skipped by fp16 on overflow)."""
         self.scaler.step(opt)
         self.scaler.update()
+
+    def step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        """Backward pass and optimizer step (loss-scaled for fp16)."""
+        self.backward(loss)
+        self.apply(opt)

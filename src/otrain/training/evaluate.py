@@ -17,17 +17,25 @@ from otrain.models.precision import Precision, autocast
 from otrain.training.ddp import DistContext
 from otrain.training.splits import SplitImages
 
+#: Cutouts per forward pass when scoring on the CPU (elsewhere: the training batch, if larger).
+#: The fastest per cutout here (forward only, bf16, 32x32: 32 -> 205 us, 128 -> 178, 256 -> 182,
+#: 512 -> 245, 1024 -> 308: larger batches spill out of the caches).
+SCORING_BATCH = 256
+
 
 def predict(model: nn.Module, source: SplitImages, rows: np.ndarray, dev: torch.device,
             batch_size: int, precision: Precision | None = None) -> torch.Tensor:
     """Logits ``(len(rows), 2)`` on the CPU, eval mode, no gradient (autocast in
-    ``precision``: bf16/fp16 validation passes)."""
+    ``precision``: bf16/fp16 validation passes), in batches of :data:`SCORING_BATCH`
+    channels-last cutouts (the network's layout) on the CPU, of ``max(batch_size,
+    SCORING_BATCH)`` elsewhere."""
     model.eval()
     out = []
+    step = SCORING_BATCH if torch.device(dev).type == "cpu" else max(batch_size, SCORING_BATCH)
     with torch.no_grad(), autocast(dev, precision):
-        for start in range(0, rows.size, batch_size):
-            x = torch.from_numpy(source.get(rows[start : start + batch_size])).to(dev)
-            out.append(model(x).float().cpu())
+        for start in range(0, rows.size, step):
+            x = torch.from_numpy(source.get(rows[start : start + step])).to(dev)
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty((0, 2))
 
 

@@ -29,7 +29,10 @@ warn-only, while training). Changing the split or network settings on resume is 
 Speed: ``torch.set_flush_denormal(True)`` for the process (denormal gradients took an epoch
 from 10 s to 33 s); network and batches channels-last (oneDNN's NCHW convolution backward was a
 third of a step); ``precision`` (:mod:`otrain.models.precision`): bf16/fp16 autocast of the
-forward and validation passes, fp32 weights and optimizer, the first batch checked against fp32.
+forward and validation passes, fp32 weights and optimizer, the first batch checked against fp32;
+fused Adam (one kernel for all weights); dropout masks from a fast bit generator
+(:mod:`otrain.models.dropout`); CPU batches above 128 cutouts run in chunks with one step
+(:mod:`otrain.training.steps`).
 
 The loss is cross-entropy, class-weighted ("balanced", from the training set) unless disabled;
 the optimizer is Adam, at a constant learning rate or on a cosine schedule over ``epochs``
@@ -63,7 +66,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from otrain.datacube.cube import Datacube
 from otrain.datacube.hdf5 import open_datacube
@@ -95,6 +97,7 @@ from otrain.training.splits import (
     epoch_plan,
     epoch_torch_seed,
 )
+from otrain.training.steps import train_epoch
 
 __all__ = ["HISTORY_COLUMNS", "RESUME_KEYS", "TrainConfig", "TrainResult", "resumable_settings",
            "train"]
@@ -118,47 +121,6 @@ class _State:
     bad: int = 0
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     prec: TrainPrecision | None = None
-
-
-# ------------------------------------------------------------------------------------------
-# Loop pieces
-# ------------------------------------------------------------------------------------------
-def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                 crit: nn.Module, dev: torch.device, threshold: float, bar: Progress,
-                 shares: list[tuple[float, float]] | None = None,
-                 prec: TrainPrecision | None = None) -> tuple[float, int, int]:
-    """One pass over ``loader``; returns the sums (loss x cutouts, correct, cutouts).
-
-    ``shares`` (several processes; ``crit`` then sums): per batch, the factor turning the local
-    weighted loss sum into this rank's share of the global batch mean (x world size, as DDP
-    averages gradients), and the factor turning that into this rank's part of loss x cutouts.
-    ``prec``: autocast of the forward pass and (loss-scaled for fp16) backward pass and step.
-    """
-    prec = prec or TrainPrecision(resolve_precision("fp32"), dev)
-    cuda = dev.type == "cuda"
-    model.train()
-    total, loss_sum, correct = 0, 0.0, 0
-    for i, (xb, yb) in enumerate(loader):
-        xb = xb.to(dev, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-        yb = yb.to(dev, non_blocking=cuda)
-        opt.zero_grad(set_to_none=True)
-        with prec.autocast():
-            logits = model(xb)
-        logits = logits.float()
-        loss = crit(logits, yb)
-        n = int(yb.shape[0])
-        if shares is None:
-            part = float(loss.detach()) * n
-        else:
-            loss = loss * shares[i][0]
-            part = float(loss.detach()) * shares[i][1]
-        prec.step(loss, opt)
-        total += n
-        loss_sum += part
-        pred = (torch.softmax(logits.detach(), 1)[:, 1] > threshold).long()
-        correct += int((pred == yb).sum())
-        bar.update(1, loss=f"{loss_sum / max(total, 1):.4f}")
-    return loss_sum, correct, total
 
 
 # ------------------------------------------------------------------------------------------
@@ -286,7 +248,9 @@ def _prepare(cube: Datacube, ckpt_path: Path, config: TrainConfig, ctx: DistCont
     if config.init_from and not config.resume:
         start_from(net, config, cube)
     net = net.to(memory_format=torch.channels_last)  # before the optimizer sees the weights
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    # fused: one kernel for all weights (6x faster steps on the CPU than the foreach default)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr,
+                           fused=True if dev.type in ("cpu", "cuda") else None)
     y_train = y_all[split.train]
     class_w = (y_train.size / (2.0 * np.bincount(y_train, minlength=2))
                if config.class_weights else np.ones(2))
@@ -327,8 +291,6 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                 dev: torch.device, quiet: bool) -> None:
     """Train epoch after epoch, validating, checkpointing and stopping early; updates ``st``."""
     weight = torch.tensor(st.class_w, dtype=torch.float32)
-    crit = nn.CrossEntropyLoss(weight=weight,
-                               reduction="sum" if ctx.distributed else "mean").to(dev)
     model = ctx.wrap(st.net, dev)
     loader_gen = torch.Generator().manual_seed(config.seed)
     n_workers = loader_workers(config.workers, quiet)
@@ -356,8 +318,8 @@ def _run_epochs(st: _State, ckpt_path: Path, config: TrainConfig, ctx: DistConte
                                   loader_gen, dev.type == "cuda")
             with Progress(len(batches), f"epoch {epoch}/{config.epochs}", quiet,
                           unit="batch") as bar:
-                sums = _train_epoch(model, loader, st.opt, crit, dev, config.epoch_threshold, bar,
-                                    shares, st.prec)
+                sums = train_epoch(model, loader, st.opt, weight, dev, config.epoch_threshold,
+                                   bar, shares, st.prec)
             loss_sum, correct, total = ctx.all_sum(sums)
             check_finite(loss_sum, "training loss", epoch, config)
             val_logits = predict_all(st.net, st.source, st.split.val, ctx, dev,
