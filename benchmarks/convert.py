@@ -5,7 +5,10 @@ peak memory (own and worker processes) is its own. Also measured, on the same fi
 original O'TRAIN way of reading (``astropy.io.fits.open`` of one file after another), and where
 the time of one file goes (file read, header parse, whole cutout).
 
-Usage: ``python benchmarks/convert.py [--n 20000] [--size 32]``
+Also: ``otrain-convert`` as a whole process against the original's way as a whole process
+(import astropy, ``fits.open`` file after file, ``np.savez``), interleaved.
+
+Usage: ``python benchmarks/convert.py [--n 20000] [--size 32] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_files(root: Path, n: int, size: int) -> None:
+    """``n`` cutouts in true/ and false/, with headers as a pipeline writes them: every
+    candidate its own CANDID, magnitude, position and FWHM; the image it came from (FILE,
+    FWHMPSF) shared by 100 cutouts; one filter."""
     rng = np.random.default_rng(0)
     for label, count in (("true", n // 2), ("false", n - n // 2)):
         (root / label).mkdir(parents=True)
         for i in range(count):
             header = fits.Header()
-            for key, value in dict(CANDID=f"{label}{i}", MAG=18.0, MAGERR=0.05, FILTER="r",
-                                   FWHM=2.5, EDGE="False", RA=10.0, DEC=-5.0, FILE="img.fits",
-                                   XPOS=100.0, YPOS=100.0, FWHMPSF=2.4).items():
+            mag = float(rng.uniform(14.0, 21.0))
+            for key, value in dict(
+                    CANDID=f"{label}{i}", MAG=round(mag, 4),
+                    MAGERR=round(0.01 * 10 ** (0.2 * (mag - 14.0)), 4), FILTER="r",
+                    FWHM=round(float(rng.uniform(1.5, 4.0)), 3), EDGE="False",
+                    RA=round(float(rng.uniform(0.0, 360.0)), 6),
+                    DEC=round(float(rng.uniform(-30.0, 60.0)), 6),
+                    FILE=f"img_{i // 100:04d}.fits", XPOS=round(float(rng.uniform(0, 4096)), 2),
+                    YPOS=round(float(rng.uniform(0, 4096)), 2),
+                    FWHMPSF=round(2.0 + (i // 100) % 7 * 0.1, 2)).items():
                 header[key] = value
             fits.writeto(root / label / f"{label}_{i:06d}.fits",
                          rng.normal(size=(size, size)).astype(np.float32), header)
@@ -74,6 +87,49 @@ def original_style(cutouts: Path, limit: int) -> dict:
             "cutouts_per_s": round(len(files) / seconds, 1)}
 
 
+#: The original O'TRAIN's way as a whole process (``python -c``): import astropy, open each file
+#: with ``fits.open(memmap=False)`` one after another, read its keywords, keep EDGE == 'False',
+#: stack float32, ``np.savez``.
+ORIGINAL_PROCESS = """
+import glob, sys
+import numpy as np
+from astropy.io import fits
+images, meta = [], []
+for folder in ("true", "false"):
+    for path in sorted(glob.glob(sys.argv[1] + "/" + folder + "/*.fits")):
+        with fits.open(path, memmap=False) as hdus:
+            header = hdus[0].header
+            if header["EDGE"] == "False":
+                images.append(hdus[0].data)
+                meta.append((header["CANDID"], header["MAG"], header["MAGERR"],
+                             header["FILTER"], header["FWHM"]))
+cube = np.asarray(images, dtype=np.float32)[..., None]
+np.savez(sys.argv[2], cube=cube, candids=np.array([m[0] for m in meta]))
+"""
+
+
+def whole_processes(cutouts: Path, out: Path, repeats: int) -> dict:
+    """``otrain-convert`` as a user runs it, against the original's way as a whole process,
+    interleaved; wall seconds of each run."""
+    exe = Path(sys.executable).with_name("otrain-convert")
+    runs: dict[str, list[float]] = {"otrain_convert": [], "original_way": []}
+    for k in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([str(exe), "--path", str(out / f"o{k}"), "--cube", "c", "--cutouts",
+                        str(cutouts), "--quiet"], check=True)
+        runs["otrain_convert"].append(round(time.perf_counter() - start, 3))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", ORIGINAL_PROCESS, str(cutouts),
+                        str(out / f"orig{k}.npz")], check=True)
+        runs["original_way"].append(round(time.perf_counter() - start, 3))
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    ratios = [o / c for o, c in zip(runs["original_way"], runs["otrain_convert"], strict=True)]
+    return {**runs, "speedup_median": round(med["original_way"] / med["otrain_convert"], 2),
+            "speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
+            "note": "wall seconds of whole processes (start, imports, listing, reading, "
+                    "writing), run one after the other, interleaved"}
+
+
 def where_time_goes(cutouts: Path, limit: int = 2000) -> dict:
     from otrain.cutouts.fitsfile import parse_hdus, read_bytes
     from otrain.cutouts.reading import TRAINING_KEYWORDS, read_cutout
@@ -97,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved whole processes")
     parser.add_argument("--one", nargs=3, metavar=("CUTOUTS", "WORKERS", "OUT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(HERE / "results" / "convert.json"))
@@ -119,6 +176,7 @@ def main() -> None:
             print(runs[-1], file=sys.stderr)
         baseline = original_style(root / "cutouts", min(args.n, 5000))
         profile = where_time_goes(root / "cutouts")
+        processes = whole_processes(root / "cutouts", root / "whole", args.repeats)
     best = max(r["cutouts_per_s"] for r in runs)
     result = {
         "benchmark": "convert", "n_files": args.n, "size": args.size,
@@ -130,6 +188,9 @@ def main() -> None:
         "reference_original_otrain_cutouts_per_s": 1000,
         "speedup_vs_reference": round(best / 1000, 1),
         "speedup_vs_original_style_measured": round(best / baseline["cutouts_per_s"], 1),
+        "whole_process_seconds": processes,
+        "target_issue_16": "otrain-convert whole process >= 10x a one-at-a-time astropy reader",
+        "load_average_end": [round(x, 2) for x in __import__("os").getloadavg()],
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

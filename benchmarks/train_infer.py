@@ -4,7 +4,8 @@ Writes ``benchmarks/results/train_infer.json`` with:
 
 (a) seconds per epoch of :func:`otrain.training.train` on a cube of synthetic 32x32 1-channel
     cutouts (20,000 -> 15% validation -> 17,000 training cutouts, the size of the original's
-    reference run), in fp32 and bf16 at batch 128 (the default) and bf16 at batch 1024; and, when
+    reference run): otrain-train's defaults (batch 32, ``--precision auto``) and fp32 at batch 32,
+    fp32 and bf16 at batch 128, bf16 at batch 1024; and, when
     a Python with TensorFlow is given (``--keras-python``, default ``/tmp/tfenv16/bin/python``
     if present), Keras ``model.fit(batch_size=1024)`` of the same network on the same images
     (``keras_reference.py``), else "not measured";
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from otrain.training.config import TrainConfig
+
 HERE = Path(__file__).resolve().parent
 #: Issue 16, measured by its reporter side by side with Keras 2 / TF 2.21 on a 2-core machine.
 REFERENCE = {"keras_epoch_seconds_17000": [19.9, 20.5], "otrain_defaults_epoch_seconds": [38, 44],
@@ -44,6 +47,8 @@ REFERENCE = {"keras_epoch_seconds_17000": [19.9, 20.5], "otrain_defaults_epoch_s
 TARGETS = {"epoch_vs_keras": "<= 0.5", "infer_whole_process_vs_original": ">= 10",
            "network_alone_bf16_fraction_of_bf16_matmul": ">= 0.5"}
 KERAS_PYTHON = "/tmp/tfenv16/bin/python"
+#: otrain-train's default batch size; with --precision auto, "the defaults".
+DEFAULT_BATCH = int(TrainConfig.batch_size)
 
 
 def synthetic(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +107,6 @@ def _cpu_seconds() -> float:
 
 def part_train(cube: str, out: str, epochs: int, precision: str = "fp32",
                batch_size: int = 128) -> dict:
-    from otrain.training.config import TrainConfig
     from otrain.training.loop import train
 
     config = TrainConfig(epochs=epochs, val_frac=0.15, test_frac=0.0, patience=None,
@@ -268,7 +272,8 @@ def main() -> None:
         print(f"wrote {args.n} FITS files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         del images
         train = [_sub("train", str(cube), str(root / f"m_{p}_{b}"), str(args.epochs), p, str(b))
-                 for p, b in (("fp32", 128), ("bf16", 128), ("bf16", 1024))]
+                 for p, b in (("fp32", 128), ("auto", DEFAULT_BATCH), ("fp32", DEFAULT_BATCH),
+                              ("bf16", 128), ("bf16", 1024))]
         keras = _keras(args.keras_python, root / "images.npz", args.epochs)
         model = train[0].pop("model_file")
         for t in train[1:]:
@@ -286,6 +291,8 @@ def main() -> None:
     ratios: dict = {
         "epoch_bf16_vs_fp32_batch128": round(per_17k["bf16_batch128"] / per_17k["fp32_batch128"],
                                              3),
+        "epoch_defaults_auto_vs_fp32": round(per_17k[f"auto_batch{DEFAULT_BATCH}"]
+                                             / per_17k[f"fp32_batch{DEFAULT_BATCH}"], 3),
         "epoch_batch1024_vs_batch128_bf16": round(per_17k["bf16_batch1024"]
                                                   / per_17k["bf16_batch128"], 3),
         "infer_cli_bf16_vs_fp32_seconds": round(float(np.median(cli["bf16"]))

@@ -144,3 +144,26 @@ def test_a_damaged_hdf5_chunk_is_one_error_naming_the_cube(tmp_path: Path) -> No
             with pytest.raises(OtrainError, match="images cannot be read") as info:
                 cube.read(rows)
             assert str(path) in str(info.value) and "bad coordinate offset" in str(info.value)
+
+
+def test_remembered_cards_keep_their_meaning() -> None:
+    """The card cache (parse_cards): an odd value read leniently is still refused when strict,
+    the first occurrence still wins, and the cache stays bounded."""
+    from otrain.cutouts import fitsfile
+
+    odd = b"MAG     =                  abc".ljust(80)
+    good = b"MAG     =                 18.5".ljust(80)
+    assert fitsfile.parse_cards(odd) == {"MAG": "abc"}
+    with pytest.raises(fitsfile._Unsupported):
+        fitsfile.parse_cards(odd, strict=True)
+    assert fitsfile.parse_cards(good + odd, strict=True) == {"MAG": 18.5}  # second one unread
+    assert fitsfile.parse_cards(odd + good) == {"MAG": "abc"}
+    undefined = b"MAG     =".ljust(80)
+    assert fitsfile.parse_cards(undefined + good) == {"MAG": 18.5}
+    for i in range(fitsfile._CACHE_SIZE + 10):
+        fitsfile.parse_cards(f"N{i:<7d}= {i:>20d}".encode().ljust(80))
+    assert len(fitsfile._CARD_CACHE) <= fitsfile._CACHE_SIZE
+    assert fitsfile.parse_cards(good) == {"MAG": 18.5}
+    # and files read with a warm cache agree with astropy as they did cold
+    _agree(_mef())
+    _agree(_replace_card(_mef(), b"EXTNAME", b"EXTNAME = 'DIFF    '  junk"))

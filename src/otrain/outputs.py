@@ -58,7 +58,7 @@ def is_temporary(path: str | Path) -> bool:
 
     Readers of cutout folders skip these, so what an interrupted run leaves is never read as data.
     """
-    name = Path(path).name
+    name = path if isinstance(path, str) and "/" not in path else Path(path).name
     return name.startswith(".") or TMP_TAG in name or name.endswith(LOCK_TAG)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from otrain.alerts import LabelRule
 from otrain.cluster import add_dask_arguments
 from otrain.convert.dask import dask_convert
 from otrain.convert.folders import ConvertConfig, convert_cutouts, datacube_path
 from otrain.cutouts.keywords import parse_keyword_map
 from otrain.cutouts.reading import parse_channels
 from otrain.errors import OtrainError
+
+if TYPE_CHECKING:
+    from otrain.alerts import LabelRule
 
 #: ``--frac-true`` of cutout folders when not given (O'TRAIN's); alerts keep every labelled one.
 CUTOUTS_FRAC_TRUE = 0.5
@@ -50,6 +53,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 def label_rule_from_args(args: argparse.Namespace) -> LabelRule | None:
     """The :class:`LabelRule` the flags ask for, None when no label flag was given."""
+    from otrain.alerts import LabelRule  # here: converting cutout folders needs no alert reader
+
     if args.labels is not None and args.label_column is not None:
         raise OtrainError("give either --labels (a CSV) or --label-column (a score), not both")
     if args.labels is not None:

@@ -28,20 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from otrain._version import __version__
+from otrain.convert.files import map_packed, read_one
 from otrain.cutouts.keywords import format_notes
 from otrain.cutouts.reading import (
     META_COLUMNS,
-    TRAINING_KEYWORDS,
     Cutout,
     find_cutouts,
-    read_cutout,
 )
 from otrain.datacube.checks import duplicate_warnings
 from otrain.datacube.cube import BOGUS, REAL
 from otrain.datacube.hdf5 import DatacubeWriter, open_datacube, write_subset
-from otrain.errors import CutoutError, OtrainError
+from otrain.errors import OtrainError
 from otrain.outputs import TMP_TAG, check_writable, write_text_atomic
-from otrain.parallel import ordered_map, resolve_workers
+from otrain.parallel import resolve_workers
 from otrain.progress import Progress, info
 
 MAX_PROBLEMS_SHOWN = 10
@@ -199,15 +198,6 @@ def balanced_choice(rows_true: Sequence[int] | np.ndarray, rows_false: Sequence[
     return chosen, keep_true, keep_false
 
 
-def _read_one(path: Path, channels: tuple[str, ...], cutout_size: int,
-              keywords: dict[str, str] | None = None) -> Cutout | str:
-    try:
-        return read_cutout(path, channels, cutout_size, required=TRAINING_KEYWORDS,
-                           keywords=keywords)
-    except CutoutError as exc:
-        return str(exc)
-
-
 def convert_cutouts(
     cutouts_dir: str | Path,
     out_path: str | Path,
@@ -282,7 +272,7 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
     if not ordered:
         raise OtrainError("no cutout files in true/ or false/")
     workers = resolve_workers(config.workers, len(ordered))
-    reader = functools.partial(_read_one, channels=tuple(config.channels),
+    reader = functools.partial(read_one, channels=tuple(config.channels),
                                cutout_size=config.cutout_size, keywords=config.keywords)
     rows: dict[int, list[int]] = {REAL: [], BOGUS: []}
     notes: Counter = Counter()
@@ -299,7 +289,8 @@ def _read_all(files: dict[int, list[Path]], tmp_path: Path, config: ConvertConfi
         with Progress(len(ordered), "reading cutouts", quiet=quiet, unit="file") as bar:
             paths = [p for _, p in ordered]
             results = (map_files(reader, paths) if map_files is not None
-                       else ordered_map(reader, paths, workers, config.batch_size))
+                       else map_packed(paths, tuple(config.channels), config.cutout_size,
+                                       config.keywords, workers, config.batch_size))
             for (label, path), result in zip(ordered, results, strict=True):
                 bar.update()
                 if isinstance(result, str):

@@ -28,13 +28,14 @@ the network. A channel with no finite pixel at all makes the cutout unusable.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from otrain.cutouts.fitsfile import FitsFormatError, ImageHDU, parse_hdus, read_bytes
 from otrain.cutouts.keywords import channel_extensions
@@ -109,9 +110,14 @@ def find_cutouts(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise OtrainError("no such folder", folder)
-    return sorted(p for p in folder.iterdir()
-                  if (p.is_file() or p.is_symlink()) and is_cutout_file(p)
-                  and not is_temporary(p))  # a dangling link is listed, then skipped as unreadable
+    names = []
+    with os.scandir(folder) as entries:  # d_type, not a stat per file, and names sorted as str
+        for entry in entries:
+            name = entry.name
+            if (name.lower().endswith(CUTOUT_SUFFIXES) and not is_temporary(name)
+                    and (entry.is_symlink() or entry.is_file())):
+                names.append(name)  # a dangling link is listed, then skipped as unreadable
+    return [folder / name for name in sorted(names)]
 
 
 def parse_channels(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -206,8 +212,10 @@ def read_cutout(
         if image.shape[1:] != full:
             notes.append(f"centre-cropped from {full[0]}x{full[1]} to "
                          f"{cutout_size}x{cutout_size}")
-    meta = _read_keywords(header, required, path, keywords)
-    absent = [k for k in (*_STR_KEYS, *_FLOAT_KEYS) if _lookup(header, k, keywords) is None]
+    values = {k: _lookup(header, k, keywords) for k in (*_STR_KEYS, *_FLOAT_KEYS, "EDGE",
+                                                         *required)}
+    meta = _read_keywords(values, required, path, keywords)
+    absent = [k for k in (*_STR_KEYS, *_FLOAT_KEYS) if values[k] is None]
     notes += [f"no {_spelling(k, keywords)} keyword (NaN or empty in the table)" for k in absent]
     image, n_bad = _fill_nonfinite(image, path)
     meta["n_nonfinite"] = n_bad
@@ -326,38 +334,36 @@ def _lookup(header: dict[str, Any], key: str, keywords: Mapping[str, str] | None
     mapped = (keywords[key],) if keywords and key in keywords else ()
     for k in (*mapped, key, *_FALLBACKS.get(key, ())):
         value = header.get(k)
-        if value is not None and not isinstance(value, fits.card.Undefined):
+        if value is not None:  # parse_hdus leaves undefined values out
             return value
     return None
 
 
-def _read_keywords(header: dict[str, Any], required: Iterable[str], path: Path,
+def _read_keywords(values: dict[str, Any], required: Iterable[str], path: Path,
                    keywords: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Table values from the looked-up keywords (``values``: our name -> value or None)."""
     keywords = keywords or {}
-    missing = [_spelling(k, keywords) for k in required if _lookup(header, k, keywords) is None]
+    missing = [_spelling(k, keywords) for k in required if values[k] is None]
     if missing:
         hint = "" if keywords else " (map your own names with --keywords, e.g. MAG=MAG_AUTO)"
         raise CutoutError(f"missing header keyword(s) {', '.join(missing)}{hint}", path)
     meta: dict[str, Any] = {}
     for key, col in _STR_KEYS.items():
-        value = _lookup(header, key, keywords)
+        value = values[key]
         meta[col] = "" if value is None else str(value).strip()
+    bad = []
     for key, col in _FLOAT_KEYS.items():
-        meta[col] = header_float(_lookup(header, key, keywords),
-                                 sentinel=key in ("MAG", "MAGERR"))
-    meta["bad_keywords"] = [f"{key}={_lookup(header, key, keywords)!r}" for key in _FLOAT_KEYS
-                            if _not_a_number(_lookup(header, key, keywords))]
-    edge_value = _lookup(header, "EDGE", keywords)
+        value = values[key]
+        meta[col] = number = header_float(value, sentinel=key in ("MAG", "MAGERR"))
+        if value is not None and math.isnan(number) and math.isnan(header_float(value, False)):
+            bad.append(f"{key}={value!r}")  # present, but no number ('abc', T): stored as NaN
+    meta["bad_keywords"] = bad
+    edge_value = values["EDGE"]
     edge = None if edge_value is None else parse_edge(edge_value)
     if edge_value is not None and edge is None:
         raise CutoutError(f"EDGE must be True or False, got {edge_value!r}", path)
     meta["edge"] = edge
     return meta
-
-
-def _not_a_number(value: Any) -> bool:
-    """A keyword that is present but holds no number (``'abc'``, ``T``): stored as NaN."""
-    return value is not None and (isinstance(value, bool) or np.isnan(header_float(value, False)))
 
 
 def header_float(value: Any, sentinel: bool) -> float:
