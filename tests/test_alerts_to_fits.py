@@ -17,7 +17,7 @@ from astropy.io import fits
 
 from conftest import ZTF_DIR, assert_clean_error, run_cli
 from otrain.alerts import LabelRule, read_alerts
-from otrain.convert.alerts_to_fits import alerts_to_fits, cutout_header, resolve_layout
+from otrain.convert.fits_export import alerts_to_fits, cutout_header, resolve_layout
 from otrain.convert.folders import ConvertConfig, convert_cutouts
 from otrain.cutouts.reading import TRAINING_KEYWORDS, read_cutout
 from otrain.datacube.hdf5 import open_datacube

@@ -133,3 +133,25 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_cli_version():
     proc = run_cli("otrain", "--version", check=True)
     assert proc.stdout.startswith("otrain ")
+
+
+def test_the_cutout_converter_loads_no_alert_reader_and_its_names_resolve() -> None:
+    """otrain-convert --cutouts starts without the alert readers (otrain.convert's names are
+    imported on first use); every public name still resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, otrain.cli.convert; "
+            "print(sorted(m for m in ('otrain.alerts', 'otrain.convert.alerts', 'fastavro', "
+            "'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+    import otrain.convert as conv
+
+    for name in conv.__all__:
+        value = getattr(conv, name)
+        assert not isinstance(value, type(conv)), name  # a class or function, not a module
+        assert value.__module__.startswith("otrain.convert."), name
+    with pytest.raises(AttributeError):
+        conv.no_such_name  # noqa: B018

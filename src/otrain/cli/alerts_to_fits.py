@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from otrain.cli.convert import add_label_arguments, label_rule_from_args
-from otrain.convert.alerts_to_fits import LAYOUTS, alerts_to_fits
+from otrain.convert.fits_export import LAYOUTS, alerts_to_fits
 from otrain.cutouts.reading import parse_channels
 
 

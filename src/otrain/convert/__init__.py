@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, __getattr__ bel
         check_label_rule,
         convert_alerts,
     )
-    from otrain.convert.alerts_to_fits import FitsExportReport, alerts_to_fits
+    from otrain.convert.fits_export import FitsExportReport, alerts_to_fits
     from otrain.convert.folders import (
         ConvertConfig,
         ConvertReport,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time, __getattr__ bel
 _WHERE = {
     "otrain.convert.alerts": ("AlertConvertReport", "alerts_to_datacube", "check_label_rule",
                               "convert_alerts"),
-    "otrain.convert.alerts_to_fits": ("FitsExportReport", "alerts_to_fits"),
+    "otrain.convert.fits_export": ("FitsExportReport", "alerts_to_fits"),
     "otrain.convert.folders": ("ConvertConfig", "ConvertReport", "balanced_choice",
                                "class_counts", "convert_cutouts", "datacube_path"),
 }
@@ -56,7 +56,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _MODULE_OF:
-        return getattr(importlib.import_module(_MODULE_OF[name]), name)
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value  # found directly from now on
+        return value
     raise AttributeError(f"module 'otrain.convert' has no attribute {name!r}")
 
 
