@@ -112,6 +112,7 @@ def whole_processes(cutouts: Path, out: Path, repeats: int) -> dict:
     """``otrain-convert`` as a user runs it, against the original's way as a whole process,
     interleaved; wall seconds of each run."""
     exe = Path(sys.executable).with_name("otrain-convert")
+    out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[float]] = {"otrain_convert": [], "original_way": []}
     for k in range(repeats):
         start = time.perf_counter()
