@@ -78,7 +78,8 @@ def map_packed(paths: Sequence[Path], channels: tuple[str, ...], cutout_size: in
     of :data:`CHUNK` files, at most about ``2 * batch_size`` files in flight."""
     reader = functools.partial(read_packed, channels=channels, cutout_size=cutout_size,
                                keywords=keywords)
-    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    names = [str(p) for p in paths]  # str, not Path: cheaper to pickle to the workers
+    chunks = [names[i:i + CHUNK] for i in range(0, len(names), CHUNK)]
     with contextlib.closing(ordered_map(reader, chunks, workers,
                                         max(1, batch_size // CHUNK))) as packs:
         for packed in packs:
