@@ -152,7 +152,9 @@ def test_binary_metrics() -> None:
 # ------------------------------------------------------------------------------------------
 def test_outputs_determinism_and_resume(cube: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=3, seed=7, **FAST)
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
     a = train(cube, tmp_path, "a", cfg, quiet=True)
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before  # restored
     root = tmp_path / "CNN_training" / "a"
     for name in ("a.safetensors", "checkpoint.pt", "history.csv", "metrics.json",
                  "a_loss_vs_epochs.png", "a_accuracy_vs_epochs.png",
