@@ -5,7 +5,6 @@ constant images. Used by ``otrain-convert`` (warnings in the report) and ``otrai
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 
 import numpy as np
@@ -94,10 +93,10 @@ def _same_images(cube: Datacube, batch_size: int) -> list[list[int]]:
     for i in np.flatnonzero(counts[inverse] > 1).tolist():
         by_print[int(inverse[i])].append(int(rows_all_arr[i]))
     same = []
-    for candidates in by_print.values():  # confirm byte for byte (a 128-bit collision is not
-        by_bytes: dict[bytes, list[int]] = defaultdict(list)  # proof)
+    for candidates in by_print.values():  # confirm byte for byte: a collision is no proof
+        by_bytes: dict[bytes, list[int]] = defaultdict(list)
         for row, image in zip(candidates, cube.read(np.asarray(candidates)), strict=True):
-            by_bytes[hashlib.blake2b(image.tobytes(), digest_size=16).digest()].append(row)
+            by_bytes[image.tobytes()].append(row)
         same += [sorted(r) for r in by_bytes.values() if len(r) > 1]
     return sorted(same)
 
