@@ -117,8 +117,9 @@ def test_exported_ensemble_reproduces_otrain_infer(trained, tmp_path):
     write_datacube(scored, stamps, Table({"candid": [f"c{i}" for i in range(len(stamps))],
                                           "label": np.full(len(stamps), -1)}), ["diff"])
     table_file = tmp_path / "scores.csv"
+    # the export is fp32; otrain-infer's default (auto) may score in bf16, within 1e-3
     run_cli("otrain-infer", "--cutouts", str(scored), "--model", str(model_file), "--output",
-            str(table_file), "--quiet", check=True)
+            str(table_file), "--quiet", "--precision", "fp32", check=True)
     table = Table.read(table_file, format="ascii.csv")
     outs = run_onnx_outputs(onnx_file, stamps)
     assert sorted(outs) == ["p_real", "p_real_std"]

@@ -6,7 +6,7 @@
   (compute capability >= 7.0).
 * :func:`resolve_precision` turns the request into a :class:`Precision`: ``auto`` is bf16 where
   the hardware has it natively (AMX or AVX512-BF16 CPUs; Ampere or newer GPUs), fp16 on older
-  GPUs with tensor cores, fp32 elsewhere; for scoring on a CPU it needs AMX (see there).
+  GPUs with tensor cores, fp32 elsewhere.
   ``bf16`` on a CPU without native support still runs
   (emulated by oneDNN, usually slower than fp32) and says so; ``fp16`` needs CUDA.
 * :func:`autocast` is the context of a training step or an eager forward pass (fp32 master
@@ -163,11 +163,12 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu",
     hw : dict, optional
         :func:`hardware` of the device (detected when None; tests pass their own).
     inference : bool, default False
-        For scoring: ``auto`` on a CPU then needs AMX. With AVX512-BF16 alone (AMD Zen 4, the
-        project's machines) bf16 scoring measured only 1.3x the frozen fp32 graph for the
-        network and no gain for a whole ``otrain-infer`` run, and moved P(real) of trained models
-        by more than 1e-3 (benchmarks/train_infer.py), so ``auto`` scores in fp32 there; bf16
-        training gained ~2x at equal AUC and stays ``auto``'s choice.
+        For scoring: the choice is the same, and the reason says that the first batch is checked
+        against fp32 (:class:`GuardedForward`). On AVX512-BF16 without AMX (AMD Zen 4, the
+        project's machines) the bf16 network scores 1.7x faster than the frozen fp32 graph
+        (benchmarks/train_infer.py), but networks trained on real alerts usually differ from
+        fp32 by more than 1e-3 (benchmarks/bf16_layers.py), and then the guard falls back to
+        fp32, costing one more pass over the first batch.
 
     Raises
     ------
@@ -203,11 +204,9 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu",
         if hw["fp16_native"]:
             return Precision("fp16", requested, f"{where} has fp16 tensor cores")
         return Precision("fp32", requested, f"{where} has no tensor cores")
-    if inference and hw["bf16_native"] and "amx_bf16" not in hw.get("flags", []):
-        return Precision("fp32", requested, f"CPU has {native} but no AMX: bf16 scoring gains "
-                         "little there")
     if hw["bf16_native"]:
-        return Precision("bf16", requested, f"CPU has {native}")
+        return Precision("bf16", requested, f"CPU has {native}" + (
+            "; the first batch is checked against fp32" if inference else ""))
     return Precision("fp32", requested, f"CPU has {native}")
 
 
