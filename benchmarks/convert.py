@@ -6,9 +6,12 @@ original O'TRAIN way of reading (``astropy.io.fits.open`` of one file after anot
 the time of one file goes (file read, header parse, whole cutout).
 
 Also: ``otrain-convert`` as a whole process against the original's way as a whole process
-(import astropy, ``fits.open`` file after file, ``np.savez``), interleaved.
+(import astropy, ``fits.open`` file after file, ``np.savez``), interleaved; and, given
+``--fitsio-python`` (a Python with the ``fitsio`` package), the compiled cfitsio reader's time
+per file next to otrain's, interleaved.
 
-Usage: ``python benchmarks/convert.py [--n 20000] [--size 32] [--repeats 3]``
+Usage: ``python benchmarks/convert.py [--n 20000] [--size 32] [--repeats 3]
+[--fitsio-python PATH]``
 """
 
 from __future__ import annotations
@@ -150,6 +153,49 @@ def where_time_goes(cutouts: Path, limit: int = 2000) -> dict:
     return out
 
 
+COMPILED_READER = """
+import json, sys, time
+import fitsio
+files = sys.argv[1:]
+def one(path):
+    with fitsio.FITS(path) as f:
+        header = f[0].read_header()
+        image = f[0].read()
+    return image, [header.get(k) for k in ("CANDID", "MAG", "MAGERR", "FILTER", "FWHM", "EDGE")]
+out = {"fitsio": fitsio.__version__}
+for name, func in (("fitsio_header_and_image_us", one),
+                   ("fitsio_read_header_true_us", lambda p: fitsio.read(p, header=True))):
+    func(files[0])
+    start = time.perf_counter()
+    for path in files:
+        func(path)
+    out[name] = round((time.perf_counter() - start) / len(files) * 1e6, 1)
+print(json.dumps(out))
+"""
+
+
+def compiled_reader(cutouts: Path, python: str | None, limit: int = 2000,
+                    rounds: int = 3) -> dict:
+    """cfitsio (through the ``fitsio`` package, in another Python: not an otrain dependency)
+    against otrain's reader on the same files, interleaved rounds, microseconds per file."""
+    if not python or not Path(python).exists():
+        return {"note": f"not measured: no Python with fitsio at {python!r} (--fitsio-python)"}
+    files = [str(p) for p in sorted((cutouts / "true").glob("*.fits"))[:limit]]
+    rows: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        proc = subprocess.run([python, "-c", COMPILED_READER, *files], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            return {"note": f"not measured: fitsio failed: {proc.stderr.strip()[-300:]}"}
+        run = json.loads(proc.stdout)
+        version = run.pop("fitsio")
+        for key, value in {**run, **where_time_goes(cutouts, limit)}.items():
+            rows.setdefault(key, []).append(value)
+    return {"fitsio": version, "files": len(files), "rounds": rounds,
+            "per_file_us": {k: {"median": float(np.median(v)), "min": min(v), "max": max(v)}
+                            for k, v in rows.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000)
@@ -157,6 +203,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved whole processes")
     parser.add_argument("--one", nargs=3, metavar=("CUTOUTS", "WORKERS", "OUT"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--fitsio-python", default=None,
+                        help="a Python with the fitsio package (cfitsio): its per-file reading "
+                             "time is measured next to otrain's")
     parser.add_argument("--output", default=str(HERE / "results" / "convert.json"))
     args = parser.parse_args()
     if args.one:
@@ -178,6 +227,7 @@ def main() -> None:
         baseline = original_style(root / "cutouts", min(args.n, 5000))
         profile = where_time_goes(root / "cutouts")
         processes = whole_processes(root / "cutouts", root / "whole", args.repeats)
+        compiled = compiled_reader(root / "cutouts", args.fitsio_python)
     best = max(r["cutouts_per_s"] for r in runs)
     result = {
         "benchmark": "convert", "n_files": args.n, "size": args.size,
@@ -190,6 +240,7 @@ def main() -> None:
         "speedup_vs_reference": round(best / 1000, 1),
         "speedup_vs_original_style_measured": round(best / baseline["cutouts_per_s"], 1),
         "whole_process_seconds": processes,
+        "compiled_reader": compiled,
         "target_issue_16": "otrain-convert whole process >= 10x a one-at-a-time astropy reader",
         "load_average_end": [round(x, 2) for x in __import__("os").getloadavg()],
     }

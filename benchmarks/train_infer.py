@@ -192,6 +192,36 @@ def part_model(cube: str, model: str, n: int, rounds: int = 3) -> dict:
     return out
 
 
+def _floors(net: dict, train: list[dict], keras: dict, n: int) -> dict:
+    """Compute-bound lower bounds, from this run's own rates: the time the network's arithmetic
+    alone takes at the same-run matrix-product rate (the best this CPU's kernels reach), against
+    the time each target allows."""
+    flop = net["flop_per_cutout"]
+    rate = {k: net[k]["matmul_gflop_s"]["median"] * 1e9 for k in ("fp32", "bf16")}
+    n_train = train[0]["n_train"]
+    n_val = n - n_train  # the benchmark trains with test_frac 0: the rest is validation
+    epoch_flop = flop * (3 * n_train + n_val)  # forward + backward (2x), then validation
+    out: dict = {
+        "epoch_tflop": round(epoch_flop / 1e12, 3),
+        "epoch_seconds_at_matmul_rate": {k: round(epoch_flop / r, 2) for k, r in rate.items()},
+        "infer_tflop": round(flop * n / 1e12, 3),
+        "infer_network_seconds_at_matmul_rate": {k: round(flop * n / r, 2)
+                                                 for k, r in rate.items()},
+        "note": "FLOPs of the convolutions and dense layers only (count_flops), backward counted "
+                "as twice the forward (the first convolution's input gradient, 0.4% of the "
+                "FLOPs, is not computed but is counted); a floor otherwise, since pooling, "
+                "activations, dropout, the optimiser and reading come on top"}
+    if "keras_epoch_seconds" in keras:
+        allowed = 0.5 * min(keras["keras_epoch_seconds"]) * n_train / keras["n_train"]
+        out["epoch_target_seconds"] = round(allowed, 2)
+        out["epoch_target_needs_gflop_s"] = round(epoch_flop / allowed / 1e9, 1)
+        out["epoch_target_needs_fraction_of_bf16_matmul"] = round(
+            epoch_flop / allowed / rate["bf16"], 3)
+    out["infer_target_seconds"] = round(REFERENCE["original_infer_20000_fits_seconds"] / 10
+                                        * n / 20000, 2)
+    return out
+
+
 def _spread(values: list[float]) -> dict:
     """Median, min and max of repeated measurements (rounded)."""
     return {"median": round(float(np.median(values)), 3), "min": round(min(values), 3),
@@ -216,12 +246,16 @@ def _sub(*args: str) -> dict:
     return result
 
 
-def _cli_infer(folder: Path, model: str, out: Path, precision: str) -> float:
+def _cli_infer(folder: Path, model: str, out: Path, precision: str) -> tuple[float, str]:
+    """Wall seconds of one ``otrain-infer`` process, and the precision line of its summary."""
     start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).parent / "otrain-infer"), "--cutouts", str(folder),
-                    "--model", model, "--output", str(out), "--overwrite", "-q",
-                    "--precision", precision], check=True)
-    return time.perf_counter() - start
+    proc = subprocess.run([str(Path(sys.executable).parent / "otrain-infer"), "--cutouts",
+                           str(folder), "--model", model, "--output", str(out), "--overwrite",
+                           "--precision", precision], check=True, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - start
+    used = [line for line in proc.stdout.splitlines() if line.startswith("precision ")]
+    return seconds, used[-1] if used else ""
 
 
 def _keras(python: str, images_npz: Path, epochs: int, repeats: int = 3) -> dict:
@@ -287,11 +321,14 @@ def main() -> None:
         model = train[0].pop("model_file")
         for t in train[1:]:
             t.pop("model_file")
-        cli: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        cli: dict[str, list[float]] = {"fp32": [], "bf16": [], "auto": []}
+        cli_used: dict[str, str] = {}
         loads = [round(os.getloadavg()[0], 2)]
         for _ in range(args.repeats):  # interleaved
             for p in cli:
-                cli[p].append(round(_cli_infer(root / "cutouts", model, root / f"{p}.dat", p), 2))
+                seconds, used = _cli_infer(root / "cutouts", model, root / f"{p}.dat", p)
+                cli[p].append(round(seconds, 2))
+                cli_used[p] = used
                 loads.append(round(os.getloadavg()[0], 2))
         net = _sub("model", str(cube), model, str(min(args.n, 5000)))
     hw = hardware("cpu")
@@ -314,6 +351,7 @@ def main() -> None:
     if "keras_epoch_seconds" in keras:
         k17 = min(keras["keras_epoch_seconds"]) * 17000 / keras["n_train"]
         ratios["epoch_vs_keras"] = {k: round(v / k17, 3) for k, v in per_17k.items()}
+    floors = _floors(net, train, keras, args.n)
     result = {
         "benchmark": "train_infer", "n_cutouts": args.n, "size": args.size, "channels": 1,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
@@ -323,12 +361,12 @@ def main() -> None:
                         "inference": resolve_precision("auto", "cpu", hw,
                                                        inference=True).record()}},
         "train": train, "keras_reference": keras,
-        "infer_cli_wall_seconds": {**cli, "load_averages": loads,
+        "infer_cli_wall_seconds": {**cli, "load_averages": loads, "precision_used": cli_used,
                                    "note": "otrain-infer as a user runs it on the FITS folder: "
                                            "process start, imports, model load, reading, "
                                            "scoring, writing; precisions interleaved"},
         "network": net, "epoch_seconds_per_17000": per_17k, "ratios": ratios,
-        "reference_issue_16": REFERENCE, "targets": TARGETS,
+        "floors": floors, "reference_issue_16": REFERENCE, "targets": TARGETS,
         "total_seconds": round(time.perf_counter() - start_all, 1),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "notes": ["load averages (1-minute) include this benchmark's own processes; the machine "
