@@ -95,8 +95,9 @@ def test_otrain_infer_scores_an_h5_model_like_keras(tmp_path):
     write_datacube(cube, stamps, Table({"candid": [f"c{i}" for i in range(n)],
                                         "label": np.full(n, -1)}), ["diff"])
     out = tmp_path / "scores.csv"
+    # Keras scores in fp32; the default (auto) may score in bf16 where it agrees to 1e-3
     run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(path), "--output", str(out),
-            "--threshold", "model", "--quiet", check=True)
+            "--threshold", "model", "--quiet", "--precision", "fp32", check=True)
     table = Table.read(out, format="ascii.csv")
     assert np.abs(np.asarray(table["label1"]) - keras_p).max() < 1e-5
     assert list(table["class"]) == list((keras_p > 0.5).astype(int))

@@ -132,7 +132,7 @@ def test_cli_export_of_a_keras_model_reproduces_otrain_infer(tmp_path):
                                         "label": np.full(len(stamps), -1)}), ["diff"])
     scores = tmp_path / "scores.csv"
     run_cli("otrain-infer", "--cutouts", str(cube), "--model", str(KERAS2), "--output",
-            str(scores), "--quiet", check=True)
+            str(scores), "--quiet", "--precision", "fp32", check=True)  # the export is fp32
     infer_p = np.asarray(Table.read(scores, format="ascii.csv")["label1"])
     assert np.abs(run_onnx(out, stamps) - infer_p).max() <= 1e-5
     assert read_onnx_metadata(out)["normalisation"] == "none"

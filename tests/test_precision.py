@@ -112,6 +112,28 @@ def test_inference_guard_falls_back_to_fp32() -> None:
     np.testing.assert_array_equal(scorer(x), fp32)  # and stay so
 
 
+def test_ensemble_falls_back_as_one() -> None:
+    """One member that disagrees in bf16 puts the whole ensemble in fp32 before any score is
+    made: member 0, which agrees, must not have scored the first batch in bf16 already."""
+    torch.manual_seed(0)
+    agreeing = nn.Sequential(nn.Flatten(), nn.Linear(64, 2)).eval()
+    with torch.no_grad():
+        agreeing[1].weight.mul_(0.01)
+    meta = {"channels": ["diff"], "input_size": [8, 8], "normalisation": "zscore",
+            "threshold": 0.5}
+    loaded = LoadedModel(agreeing, meta, members=[agreeing, _Skewed().eval()])
+    x = np.random.default_rng(1).normal(size=(300, 1, 8, 8)).astype(np.float32)
+    fp32 = Scorer(loaded, (1, 8, 8), "fp32")(x)
+    scorer = Scorer(loaded, (1, 8, 8), "bf16")
+    got = scorer(x)
+    assert scorer.precision.name == "fp32" and "differed from fp32" in scorer.precision.note
+    np.testing.assert_array_equal(got, fp32)
+    np.testing.assert_array_equal(scorer(x), fp32)
+    alone = Scorer(LoadedModel(agreeing, meta), (1, 8, 8), "bf16")
+    alone(x)
+    assert alone.precision.name == "bf16"  # the agreeing member alone stays in bf16
+
+
 def test_training_guard_falls_back_to_fp32() -> None:
     model = _Skewed().train()
     tp = prec.TrainPrecision(prec.resolve_precision("bf16", "cpu", _cpu("avx512_bf16")), "cpu")

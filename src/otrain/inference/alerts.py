@@ -111,9 +111,10 @@ def iter_alert_scores(
     report, alert_report : optional
         Filled in while scoring.
     precision : str, default "fp32"
-        fp32 scores with the eager networks (:func:`otrain.models.modelfile.predict_with_spread`);
-        ``auto``/``bf16``/``fp16`` with :class:`otrain.inference.scoring.Scorer` in that
-        precision (:mod:`otrain.models.precision`; MC-dropout passes always run in fp32).
+        Scored by :class:`otrain.inference.scoring.Scorer` in that precision
+        (:mod:`otrain.models.precision`), as cutout files and datacubes are; with MC-dropout
+        the eager networks run the passes in fp32
+        (:func:`otrain.models.modelfile.predict_with_spread`).
     mc_samples, seed : int, default 0
         MC-dropout passes per member and their seed; with them or an ensemble the table
         has ``p_real_std``.
@@ -131,7 +132,7 @@ def iter_alert_scores(
     start = time.perf_counter()
     batches = iter_alert_batches(paths, channels, h, batch_size, strict, alert_report)
     scorer = None
-    if precision != "fp32" and not mc_samples:
+    if not mc_samples:  # the Scorer, in every precision: a fallback equals fp32 exactly
         scorer = Scorer(loaded, (len(channels), *loaded.input_size), precision)
         report.precision = scorer.precision.record()
     n_batches = 0

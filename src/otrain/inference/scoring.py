@@ -221,6 +221,19 @@ class Scorer:
             pass
         return eager, self.channels_last
 
+    def _check_members(self, images: np.ndarray) -> None:
+        """Check every member of an ensemble on the first forward pass before any scores: one
+        member that falls back puts them all in fp32, so no score mixes precisions."""
+        k = min(len(images), FORWARD_CHUNK)
+        x = torch.from_numpy(np.ascontiguousarray(images[:FORWARD_CHUNK]))
+        x = x.to(self.device)
+        if k < FORWARD_CHUNK:
+            x = torch.cat([x, x.new_zeros((FORWARD_CHUNK - k, *x.shape[1:]))])
+        agree = [guard.check(x, k) for guard in self._guards.values()]
+        if not all(agree):
+            for guard in self._guards.values():
+                guard.use_fp32()
+
     @staticmethod
     def _fp32(graph: Any, channels_last: bool) -> Any:
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +262,8 @@ class Scorer:
             return self._guards[id(model)](x, k)[:k].double()
 
         with torch.inference_mode():
+            if self._batches == 0 and len(self._guards) > 1:
+                self._check_members(images)
             p = normalised_member_probabilities(
                 self.members, images, self.temperature, self.device, FORWARD_CHUNK,
                 self.mc_samples, self.seed, forward=forward, first_batch=self._batches,

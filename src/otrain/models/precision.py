@@ -165,7 +165,7 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu",
     inference : bool, default False
         For scoring: the choice is the same, and the reason says that the first batch is checked
         against fp32 (:class:`GuardedForward`). On AVX512-BF16 without AMX (AMD Zen 4, the
-        project's machines) the bf16 network scores 1.7x faster than the frozen fp32 graph
+        project's machines) the bf16 network scores 1.5-1.7x faster than the frozen fp32 graph
         (benchmarks/train_infer.py), but networks trained on real alerts usually differ from
         fp32 by more than 1e-3 (benchmarks/bf16_layers.py), and then the guard falls back to
         fp32, costing one more pass over the first batch.
@@ -306,7 +306,19 @@ class GuardedForward:
         if self.checked:
             return self.low(x)
         ref, low = self.fp32(x), self.low(x)
-        k = x.shape[0] if rows is None else rows
+        return low if self._agrees(ref, low, x.shape[0] if rows is None else rows) else ref
+
+    def check(self, x: torch.Tensor, rows: int | None = None) -> bool:
+        """Compare the precisions on ``x`` now (the first batch); False when it fell back."""
+        if self.low is None or self.checked:
+            return self.low is not None
+        return self._agrees(self.fp32(x), self.low(x), x.shape[0] if rows is None else rows)
+
+    def use_fp32(self) -> None:
+        """Score in fp32 from now on (another member of the same model fell back)."""
+        self.low, self.checked = None, True
+
+    def _agrees(self, ref: torch.Tensor, low: torch.Tensor, k: int) -> bool:
         self.difference = max_prob_difference(ref[:k], low[:k])
         self.checked = True
         if not self.difference <= self.tolerance:
@@ -314,8 +326,8 @@ class GuardedForward:
                 f"{self.precision.name} scores of the first batch differed from fp32 by "
                 f"{self.difference:.2g} (> {self.tolerance:g}): using fp32")
             self.low = None
-            return ref
-        return low
+            return False
+        return True
 
 
 
