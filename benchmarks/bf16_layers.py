@@ -8,6 +8,7 @@ present, in fp32 and with bf16 in chosen layers only:
 
 * ``shipped``: :func:`otrain.models.precision.low_precision_scorer`, what ``--precision bf16``
   runs (every layer bf16 but the logits layer, activations stored in bf16);
+* ``input only``: the network in fp32 on the image rounded to bf16;
 * ``only layer k``: that convolution or dense layer alone takes bf16 operands (its input and
   weights rounded to bf16, products summed in fp32, bias and output in fp32), every other
   layer fp32: how much each rounding contributes;
@@ -63,11 +64,11 @@ class _Bf16Operands(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
-        w = m.weight.to(BF16)
+        # the operands rounded to bf16, then an fp32 product: nothing else is rounded
+        xr, w = x.to(BF16).float(), m.weight.to(BF16).float()
         if isinstance(m, nn.Conv2d):
-            y = F.conv2d(x.to(BF16), w, None, m.stride, m.padding).float()
-            return y + m.bias.view(1, -1, 1, 1)
-        return F.linear(x.to(BF16), w).float() + m.bias
+            return F.conv2d(xr, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        return F.linear(xr, w, m.bias)
 
 
 def _layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -122,6 +123,8 @@ def study(model_file: Path, images: dict[str, np.ndarray]) -> dict[str, Any]:
         "shipped": low_precision_scorer(net, resolve_precision("bf16", "cpu", inference=True),
                                         torch.device("cpu"))}
     share = {"shipped": sum(macs[:-1]) / sum(macs)}
+    variants["input only"] = lambda x: net(x.to(BF16).float())
+    share["input only"] = 0.0
     for k in range(n_layers - 1):  # the logits layer is fp32 in every variant
         variants[f"only layer {k} ({_layers(net)[k][0]})"] = _with_bf16(net, {k})
         share[f"only layer {k} ({_layers(net)[k][0]})"] = macs[k] / sum(macs)
