@@ -147,6 +147,13 @@ def read_chunk(paths: Sequence[str], channels: tuple[str, ...], cutout_size: int
     return Chunk(normalise(stack, method), ok, metas, errors)
 
 
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with zero rows appended up to :data:`FORWARD_CHUNK` (see :meth:`Scorer.__call__`)."""
+    k = x.shape[0]
+    return x if k >= FORWARD_CHUNK else torch.cat([x, x.new_zeros((FORWARD_CHUNK - k,
+                                                                   *x.shape[1:]))])
+
+
 class Scorer:
     """The model's networks in eval mode, as probabilities: P(bogus), P(real)[, p_real_std].
 
@@ -224,11 +231,8 @@ class Scorer:
     def _check_members(self, images: np.ndarray) -> None:
         """Check every member of an ensemble on the first forward pass before any scores: one
         member that falls back puts them all in fp32, so no score mixes precisions."""
-        k = min(len(images), FORWARD_CHUNK)
-        x = torch.from_numpy(np.ascontiguousarray(images[:FORWARD_CHUNK]))
-        x = x.to(self.device)
-        if k < FORWARD_CHUNK:
-            x = torch.cat([x, x.new_zeros((FORWARD_CHUNK - k, *x.shape[1:]))])
+        x = torch.from_numpy(np.ascontiguousarray(images[:FORWARD_CHUNK])).to(self.device)
+        k, x = x.shape[0], _padded(x)
         agree = [guard.check(x, k) for guard in self._guards.values()]
         if not all(agree):
             for guard in self._guards.values():
@@ -257,9 +261,7 @@ class Scorer:
 
         def forward(model: Any, x: torch.Tensor) -> torch.Tensor:
             k = x.shape[0]
-            if k < FORWARD_CHUNK:
-                x = torch.cat([x, x.new_zeros((FORWARD_CHUNK - k, *x.shape[1:]))])
-            return self._guards[id(model)](x, k)[:k].double()
+            return self._guards[id(model)](_padded(x), k)[:k].double()
 
         with torch.inference_mode():
             if self._batches == 0 and len(self._guards) > 1:
