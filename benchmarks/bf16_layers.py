@@ -44,6 +44,7 @@ from otrain.alerts import LabelRule
 from otrain.convert.alerts import convert_alerts
 from otrain.convert.folders import ConvertConfig
 from otrain.datacube.hdf5 import open_datacube
+from otrain.models.ensemble import logits_probabilities
 from otrain.models.modelfile import load_model
 from otrain.models.normalise import normalise
 from otrain.models.precision import hardware, low_precision_scorer, resolve_precision
@@ -99,12 +100,6 @@ def _macs(net: nn.Module, shape: tuple[int, ...]) -> list[int]:
     return counts
 
 
-def _p_real(logits: torch.Tensor, temperature: float, bias: float) -> np.ndarray:
-    z = logits.double() / temperature
-    z[:, 1] += bias
-    return torch.softmax(z, 1)[:, 1].numpy()
-
-
 def _diff(p: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     d = np.abs(p - ref)
     return {"max": float(d.max()), "p999": float(np.quantile(d, 0.999)),
@@ -140,8 +135,8 @@ def study(model_file: Path, images: dict[str, np.ndarray]) -> dict[str, Any]:
     for set_name, raw in images.items():
         x = torch.from_numpy(normalise(raw, loaded.normalisation)).float()
         with torch.inference_mode():
-            ref = _p_real(net(x), t, b)
-            rows = {name: {**_diff(_p_real(f(x), t, b), ref),
+            ref = logits_probabilities(net(x).double(), t, b)
+            rows = {name: {**_diff(logits_probabilities(f(x).double(), t, b), ref),
                            "bf16_share_of_macs": round(share[name], 4)}
                     for name, f in variants.items()}
         out["sets"][set_name] = {"n": len(x), "p_real_std": float(ref.std()), "variants": rows}
