@@ -190,3 +190,31 @@ def test_infer_on_a_local_dask_cluster_interrupted(tmp_path: Path, sig: int,
     assert not out.exists() and not [p.name for p in tmp_path.iterdir() if p.name[0] == "."]
     time.sleep(0.5)
     assert _children(proc.pid) == []
+
+
+QUIET_WORKER = """
+import sys, threading
+from otrain.training.splits import _quiet_worker
+
+def hand_over(exc):  # what multiprocessing.resource_sharer's thread does with an error
+    try:
+        raise exc
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+
+_quiet_worker(0)
+for exc in (EOFError("lost"), ConnectionResetError("reset"), ValueError("a real bug")):
+    t = threading.Thread(target=hand_over, args=(exc,))
+    t.start()
+    t.join()
+"""
+
+
+def test_loader_worker_is_quiet_about_a_lost_connection_only() -> None:
+    """An interrupted run breaks the hand-over of a batch between a loader worker and the
+    training process; the worker's hook prints no traceback for that, and does for others."""
+    proc = subprocess.run([sys.executable, "-c", QUIET_WORKER], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "EOFError" not in proc.stderr and "ConnectionResetError" not in proc.stderr
+    assert "ValueError: a real bug" in proc.stderr and "Traceback" in proc.stderr

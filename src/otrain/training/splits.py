@@ -21,8 +21,10 @@ fit under a byte limit, else read from the cube batch by batch (an HDF5 cube is 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -304,11 +306,24 @@ def _quiet_worker(worker_id: int) -> None:
     killed by it make torch's SIGCHLD handler raise inside the loader's clean-up ("Exception
     ignored ... DataLoader worker is killed by signal"). Ignoring the signal here lets the
     training process stop and shut its workers down in order (they still end when it dies).
+
+    A batch travels to the training process as a file descriptor, handed over by a thread of
+    the worker (``multiprocessing.resource_sharer``). When the training process stops in the
+    middle of a hand-over, that thread prints the broken connection's traceback through
+    ``sys.excepthook``; the worker's hook keeps quiet about lost connections (``EOFError``,
+    ``OSError``), the expected end of an interrupted run, and prints anything else as before.
     """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.excepthook = _quiet_about_lost_connections
+
+
+def _quiet_about_lost_connections(kind: type[BaseException], exc: BaseException,
+                                  tb: TracebackType | None) -> None:
+    if not issubclass(kind, EOFError | OSError):  # the socket of the hand-over
+        sys.__excepthook__(kind, exc, tb)
 
 
 def epoch_loader(batches: EpochBatches, workers: int, generator: torch.Generator,
